@@ -1,0 +1,120 @@
+"""The `hub` command: `hub serve` runs the hub, `hub streams` prints the catalog."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .registry import PluginError, Registry
+from .settings import Settings, SettingsError
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hub",
+        description="Many live event streams merged into one resumable SSE response.",
+        epilog="Every option can also be set as HUB_<OPTION> in the environment, "
+        "e.g. HUB_PORT=9000 or HUB_STREAMS=my_plugin.py,other.module.",
+    )
+    parser.add_argument("--version", action="version", version=f"hub {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    plugins = argparse.ArgumentParser(add_help=False)
+    plugins.add_argument(
+        "--streams",
+        action="append",
+        metavar="PLUGIN",
+        help="load streams from a .py file, a folder of them, or a module (repeatable)",
+    )
+    plugins.add_argument(
+        "--no-builtin-streams",
+        dest="builtin_streams",
+        action="store_false",
+        default=None,
+        help="do not load the built-in streams package",
+    )
+    plugins.add_argument(
+        "--no-entry-points",
+        dest="entry_points",
+        action="store_false",
+        default=None,
+        help="do not load plugins declared by installed packages",
+    )
+
+    serve = commands.add_parser("serve", parents=[plugins], help="run the hub")
+    serve.add_argument("--host", help="interface to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind, 0 for any free one (default 8000)")
+    serve.add_argument("--max-streams", type=int, help="streams per request (default 16)")
+    serve.add_argument("--ping-interval", type=float, help="seconds between keep-alive pings (default 15, 0 = off)")
+    serve.add_argument("--retry", type=int, help="reconnection delay hinted to clients, ms (default 3000)")
+    serve.add_argument("--send-timeout", type=float, help="drop a client that takes longer to accept a frame, s (default 10)")
+    serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--reload", action="store_true", help="restart when the code changes (development)")
+
+    listing = commands.add_parser("streams", parents=[plugins], help="print the catalog of streams")
+    listing.add_argument("--json", action="store_true", help="print the catalog as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    options = {
+        key: value
+        for key, value in vars(args).items()
+        if key not in {"command", "reload", "json"} and value is not None
+    }
+    try:
+        settings = Settings.from_env(**options)
+        registry = Registry.discover(
+            settings.streams, builtin=settings.builtin_streams, entry_points=settings.entry_points
+        )
+    except (SettingsError, PluginError) as exc:
+        print(f"hub: error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "streams":
+        return _print_catalog(registry, as_json=args.json)
+    return _serve(settings, registry, reload=args.reload)
+
+
+def _serve(settings: Settings, registry: Registry, *, reload: bool) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    common = {"host": settings.host, "port": settings.port, "log_level": settings.log_level}
+    if reload:
+        # The reloader imports the app afresh in a child process, configured by environment.
+        os.environ.update(settings.to_env())
+        uvicorn.run("hub.app:create_app_from_env", factory=True, reload=True, **common)
+    else:
+        uvicorn.run(create_app(settings, registry), **common)
+    return 0
+
+
+def _print_catalog(registry: Registry, *, as_json: bool) -> int:
+    from .app import describe
+
+    infos = [describe(s) for s in registry]
+    if as_json:
+        print(json.dumps([info.model_dump() for info in infos], indent=2))
+        return 0
+    rows = [("NAME", "KIND", "PARAMETERS", "DESCRIPTION")]
+    for info in infos:
+        properties = info.parameters.get("properties", {})
+        required = set(info.parameters.get("required", []))
+        parameters = ", ".join(
+            f"{name}{'*' if name in required else ''}" for name in properties if name != "count"
+        )
+        summary = info.description.splitlines()[0] if info.description else ""
+        rows.append((info.name, info.kind, parameters or "-", summary))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+    print("\n* required. Every stream also takes count=N (end after N events).")
+    return 0

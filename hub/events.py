@@ -1,0 +1,82 @@
+"""Events and their Server-Sent-Events wire form.
+
+Everything here is pure: values in, bytes out. The transport lives in `hub.app`.
+
+A frame is built in two parts so that fan-out stays cheap: the `event:` and `data:` lines
+(`encode_body`) depend only on the event and are encoded once, however many subscribers
+receive it; the `id:` line (`encode_frame`) depends on each subscriber's selection.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = [
+    "CONTROL_PREFIX",
+    "Event",
+    "control_body",
+    "encode_body",
+    "encode_comment",
+    "encode_frame",
+    "encode_retry",
+]
+
+# Names of the hub's own control events start with this; stream names cannot contain a dot.
+CONTROL_PREFIX = "hub."
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+class Event(BaseModel):
+    """Base class of every stream's event model. Its compact JSON is the frame's `data:`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def _field(name: bytes, value: str) -> bytes:
+    # A line break inside a field would end the field early on the reader's side.
+    if _LINE_BREAK.search(value):
+        raise ValueError(f"SSE {name.decode()} field must not contain a line break: {value!r}")
+    return name + b": " + value.encode() + b"\n"
+
+
+def encode_body(event: str, data: str) -> bytes:
+    """The shared part of a frame: the `event:` line, the `data:` lines and the blank line.
+
+    Multi-line data becomes one `data:` line per line, which readers join back with `\\n`.
+    """
+    lines = [_field(b"event", event)]
+    lines.extend(b"data: " + line.encode() + b"\n" for line in _LINE_BREAK.split(data))
+    lines.append(b"\n")
+    return b"".join(lines)
+
+
+def encode_frame(body: bytes, id: str | None) -> bytes:
+    """A whole frame: the subscriber's `id:` line (if any) followed by a shared body."""
+    if id is None:
+        return body
+    return _field(b"id", id) + body
+
+
+def encode_comment(text: str) -> bytes:
+    """A comment frame (`: text`), ignored by readers; keeps idle connections open."""
+    return b"".join(b": " + line.encode() + b"\n" for line in _LINE_BREAK.split(text)) + b"\n"
+
+
+def encode_retry(milliseconds: int) -> bytes:
+    """A `retry:` hint: how long a browser waits before it reconnects."""
+    if not isinstance(milliseconds, int) or isinstance(milliseconds, bool) or milliseconds < 0:
+        raise ValueError(f"retry must be a non-negative int of milliseconds, got {milliseconds!r}")
+    return b"retry: %d\n\n" % milliseconds
+
+
+def control_body(kind: str, **data: Any) -> bytes:
+    """The shared body of a control event such as `hub.error`; its data is a JSON object."""
+    return encode_body(
+        CONTROL_PREFIX + kind,
+        json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str),
+    )

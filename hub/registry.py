@@ -1,0 +1,354 @@
+"""Stream definitions, the `@stream` decorator, and plugin discovery.
+
+A plugin is a module; every `Stream` found among its top-level names is registered. Streams
+come from three places: the modules of the `streams` package, the modules named by entry
+points in the group `hub.streams`, and modules or `.py` files named at start. A plugin that
+is malformed, or that reuses a name, stops start-up with a `PluginError` naming it.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import hashlib
+import importlib
+import importlib.metadata
+import importlib.util
+import inspect
+import pkgutil
+import re
+import sys
+import types
+import typing
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from .events import Event
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "LastPosition",
+    "PluginError",
+    "Registry",
+    "Stream",
+    "stream",
+]
+
+ENTRY_POINT_GROUP = "hub.streams"
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+# Query parameters the hub itself reads; a plugin cannot declare them.
+RESERVED_PARAMETERS = frozenset({"count", "streams", "last_event_id"})
+
+
+class PluginError(Exception):
+    """A stream plugin that cannot be loaded: malformed, failing on import, or a duplicate."""
+
+
+class _LastPositionMarker:
+    def __repr__(self) -> str:
+        return "LastPosition"
+
+
+# Annotate one parameter of a generator with this to be told where a resuming subscriber
+# stands: the position of the last event it received, or None on a fresh subscription.
+LastPosition = Annotated[int | None, _LastPositionMarker()]
+
+_ASYNC_ITERATOR_ORIGINS = {
+    collections.abc.AsyncIterator,
+    collections.abc.AsyncGenerator,
+    collections.abc.AsyncIterable,
+}
+
+
+class Stream:
+    """A generated stream: an async generator run once per subscriber, with its parameters."""
+
+    kind: Literal["generated"] = "generated"
+
+    def __init__(
+        self,
+        name: str,
+        function: Callable[..., AsyncIterator[Event]],
+        event_model: type[Event],
+        description: str,
+        parameters: type[BaseModel],
+        position_parameter: str | None,
+    ) -> None:
+        self.name = name
+        self.function = function
+        self.event_model = event_model
+        self.description = description
+        self.parameters = parameters
+        self.position_parameter = position_parameter
+        self.module = function.__module__
+        # Parameters that take several values (`?tag=a&tag=b`); the others take one.
+        self.multi_valued = frozenset(
+            field_name
+            for field_name, field in parameters.model_fields.items()
+            if _is_sequence(field.annotation)
+        )
+
+    def __call__(self, *args: Any, **kwargs: Any) -> AsyncIterator[Event]:
+        # The decorated function stays callable, so an author can test it directly.
+        return self.function(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<Stream {self.name!r} from {self.module}>"
+
+    def open(self, arguments: dict[str, Any], after: int | None) -> AsyncIterator[Event]:
+        """Start the generator for one subscriber, resuming after `after` if it opted in."""
+        if self.position_parameter is not None:
+            arguments = {**arguments, self.position_parameter: after}
+        return self.function(**arguments)
+
+
+def stream(
+    name: str, *, event: type[Event] | None = None, description: str | None = None
+) -> Callable[[Callable[..., AsyncIterator[Any]]], Stream]:
+    """Register an async generator function as the stream `name`.
+
+    Its keyword parameters, typed, are the stream's query parameters; the event model is
+    `event`, or else read from the return annotation `AsyncIterator[Model]`; the description
+    is `description`, or else the function's docstring.
+    """
+
+    def decorate(function: Callable[..., AsyncIterator[Any]]) -> Stream:
+        where = f"{function.__module__}.{function.__qualname__}"
+        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+            raise PluginError(
+                f"{where}: stream name {name!r} is not valid: use 1 to 64 lowercase letters, "
+                f"digits, '_' and '-', starting with a letter or digit"
+            )
+        if not inspect.isasyncgenfunction(function):
+            raise PluginError(
+                f"{where}: stream {name!r} must be an async generator function "
+                f"('async def' with 'yield')"
+            )
+        try:
+            hints = typing.get_type_hints(function, include_extras=True)
+        except Exception as exc:
+            raise PluginError(f"{where}: cannot resolve the type hints: {exc}") from exc
+        model = event if event is not None else _event_model_from(hints.get("return"))
+        if not (isinstance(model, type) and issubclass(model, Event)):
+            raise PluginError(
+                f"{where}: stream {name!r} needs an event model, a subclass of hub.Event: "
+                f"annotate the return as AsyncIterator[YourEvent] or pass event=YourEvent "
+                f"(found {model!r})"
+            )
+        parameters, position_parameter = _parameters_model(name, function, hints, where)
+        text = description if description is not None else inspect.getdoc(function) or ""
+        return Stream(name, function, model, text.strip(), parameters, position_parameter)
+
+    return decorate
+
+
+def _event_model_from(annotation: Any) -> Any:
+    if typing.get_origin(annotation) in _ASYNC_ITERATOR_ORIGINS:
+        args = typing.get_args(annotation)
+        return args[0] if args else None
+    return None
+
+
+def _is_last_position(annotation: Any) -> bool:
+    return typing.get_origin(annotation) is Annotated and any(
+        isinstance(meta, _LastPositionMarker) for meta in annotation.__metadata__
+    )
+
+
+def _is_sequence(annotation: Any) -> bool:
+    if typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    candidates = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
+    return any(
+        typing.get_origin(candidate) in (list, set, frozenset, tuple)
+        or candidate in (list, set, frozenset, tuple)
+        for candidate in candidates
+    )
+
+
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
+
+
+def _parameters_model(
+    name: str, function: Callable[..., Any], hints: dict[str, Any], where: str
+) -> tuple[type[BaseModel], str | None]:
+    fields: dict[str, Any] = {
+        "count": (
+            Annotated[int | None, Field(ge=0, description="End after this many events.")],
+            None,
+        )
+    }
+    position_parameter = None
+    for parameter in inspect.signature(function).parameters.values():
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            raise PluginError(f"{where}: *args and **kwargs are not allowed in a stream")
+        if parameter.kind is parameter.POSITIONAL_ONLY:
+            raise PluginError(f"{where}: parameter {parameter.name!r} must not be positional-only")
+        if parameter.name not in hints:
+            raise PluginError(
+                f"{where}: parameter {parameter.name!r} needs a type hint, "
+                f"e.g. '{parameter.name}: str = ...'"
+            )
+        annotation = hints[parameter.name]
+        if _is_last_position(annotation):
+            if position_parameter is not None:
+                raise PluginError(f"{where}: only one parameter may be a LastPosition")
+            position_parameter = parameter.name
+            continue
+        if parameter.name in RESERVED_PARAMETERS or parameter.name.startswith("_"):
+            raise PluginError(
+                f"{where}: parameter name {parameter.name!r} is reserved by the hub "
+                f"({', '.join(sorted(RESERVED_PARAMETERS))} and names starting with '_')"
+            )
+        default = ... if parameter.default is parameter.empty else parameter.default
+        fields[parameter.name] = (annotation, default)
+    model_name = "".join(part.capitalize() for part in re.split(r"[_-]", name)) + "Parameters"
+    try:
+        model = create_model(
+            model_name,
+            __config__=ConfigDict(extra="forbid", validate_default=True),
+            **fields,
+        )
+        model.model_json_schema()
+        if all(field.is_required() is False for field in model.model_fields.values()):
+            model.model_validate({})
+    except Exception as exc:  # pydantic's schema and validation errors share no narrower base
+        raise PluginError(f"{where}: the parameters of stream {name!r} are not valid: {exc}") from exc
+    return model, position_parameter
+
+
+class Registry:
+    """The streams a hub serves, by name."""
+
+    def __init__(self) -> None:
+        self._streams: dict[str, Stream] = {}
+        self._origins: dict[str, str] = {}
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._streams
+
+    def __getitem__(self, name: str) -> Stream:
+        return self._streams[name]
+
+    def __iter__(self) -> Iterator[Stream]:
+        return iter(sorted(self._streams.values(), key=lambda s: s.name))
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def names(self) -> list[str]:
+        return sorted(self._streams)
+
+    def add(self, definition: Stream, origin: str | None = None) -> None:
+        origin = origin or definition.module
+        existing = self._streams.get(definition.name)
+        if existing is definition:
+            return
+        if existing is not None:
+            raise PluginError(
+                f"plugin {origin}: stream name {definition.name!r} is already taken by "
+                f"plugin {self._origins[definition.name]}"
+            )
+        self._streams[definition.name] = definition
+        self._origins[definition.name] = origin
+
+    def add_module(self, module: ModuleType, origin: str | None = None) -> list[Stream]:
+        found = [value for value in vars(module).values() if isinstance(value, Stream)]
+        for definition in found:
+            self.add(definition, origin or module.__name__)
+        return found
+
+    def load(self, plugin: str) -> list[Stream]:
+        """Load a plugin named at start: a `.py` file, a folder of them, or a module name."""
+        path = Path(plugin)
+        if plugin.endswith(".py") or path.is_dir() or "/" in plugin or "\\" in plugin:
+            if path.is_dir():
+                return [s for file in sorted(path.glob("*.py")) for s in self.load(str(file))]
+            if not path.is_file():
+                raise PluginError(f"plugin {plugin}: no such file")
+            return self.add_module(_import_file(path), str(path))
+        return self.add_module(_import(plugin), plugin)
+
+    def load_package(self, package: str = "streams") -> list[Stream]:
+        """Load every module of a package (the built-in `streams`, by default)."""
+        root = _import(package)
+        found: list[Stream] = []
+        for info in pkgutil.iter_modules(getattr(root, "__path__", [])):
+            if not info.name.startswith("_"):
+                found += self.add_module(_import(f"{package}.{info.name}"))
+        return found
+
+    def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> list[Stream]:
+        """Load the plugins that installed distributions declare in the entry point group."""
+        found: list[Stream] = []
+        for entry_point in importlib.metadata.entry_points(group=group):
+            dist = entry_point.dist.name if entry_point.dist else "?"
+            origin = f"{entry_point.value} (entry point {entry_point.name!r} of {dist})"
+            try:
+                loaded = entry_point.load()
+            except PluginError:
+                raise
+            except Exception as exc:
+                raise PluginError(f"plugin {origin} failed to import: {exc!r}") from exc
+            if isinstance(loaded, ModuleType):
+                found += self.add_module(loaded, origin)
+            elif isinstance(loaded, Stream):
+                self.add(loaded, origin)
+                found.append(loaded)
+            else:
+                raise PluginError(f"plugin {origin}: expected a module or a Stream, got {loaded!r}")
+        return found
+
+    @classmethod
+    def discover(
+        cls,
+        plugins: Iterable[str] = (),
+        *,
+        builtin: bool = True,
+        entry_points: bool = True,
+    ) -> Registry:
+        registry = cls()
+        if builtin:
+            registry.load_package("streams")
+        if entry_points:
+            registry.load_entry_points()
+        for plugin in plugins:
+            registry.load(plugin)
+        return registry
+
+
+def _import(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except PluginError:
+        raise
+    except Exception as exc:
+        raise PluginError(f"plugin {name} failed to import: {exc!r}") from exc
+
+
+def _import_file(path: Path) -> ModuleType:
+    resolved = path.resolve()
+    digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:8]
+    stem = re.sub(r"\W", "_", path.stem)
+    module_name = f"hub_plugin_{stem}_{digest}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, resolved)
+    if spec is None or spec.loader is None:
+        raise PluginError(f"plugin {path}: cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException as exc:
+        del sys.modules[module_name]
+        if isinstance(exc, PluginError):
+            raise PluginError(f"plugin {path}: {exc}") from exc
+        if isinstance(exc, Exception):
+            raise PluginError(f"plugin {path} failed to import: {exc!r}") from exc
+        raise
+    return module

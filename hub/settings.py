@@ -1,0 +1,100 @@
+"""Configuration: defaults, overridden by `HUB_*` environment variables, overridden by flags."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+__all__ = ["Settings", "SettingsError"]
+
+
+class SettingsError(ValueError):
+    """A configuration value that cannot be used; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Extra plugins: `.py` files, folders of them, or module names.
+    streams: tuple[str, ...] = ()
+    # Also load the built-in `streams` package and installed entry points.
+    builtin_streams: bool = True
+    entry_points: bool = True
+    max_streams: int = 16
+    ping_interval: float = 15.0  # seconds between keep-alive comments; 0 disables them
+    retry: int = 3000  # the reconnection delay hinted to browsers, in milliseconds
+    send_timeout: float = 10.0  # a client that takes longer to accept a frame is dropped
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        for name in ("port", "max_streams", "retry"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_streams < 1:
+            raise SettingsError(f"max_streams must be >= 1, got {self.max_streams}")
+        for name in ("ping_interval", "send_timeout"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name} must be >= 0 seconds, got {getattr(self, name)}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then `HUB_<NAME>` variables, then the non-None `overrides`."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            variable = f"HUB_{f.name.upper()}"
+            if variable in environ:
+                values[f.name] = _convert(variable, environ[variable], _PARSERS[f.name])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "streams" in values:
+            values["streams"] = tuple(values["streams"])
+        return replace(cls(), **values)
+
+    def to_env(self) -> dict[str, str]:
+        """The `HUB_*` variables that reproduce these settings (for a reloading server)."""
+        env = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                value = ",".join(value)
+            elif isinstance(value, bool):
+                value = "1" if value else "0"
+            env[f"HUB_{f.name.upper()}"] = str(value)
+        return env
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("expected one of 1, true, yes, on, 0, false, no, off")
+
+
+def _plugins(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "host": str,
+    "port": int,
+    "streams": _plugins,
+    "builtin_streams": _boolean,
+    "entry_points": _boolean,
+    "max_streams": int,
+    "ping_interval": float,
+    "retry": int,
+    "send_timeout": float,
+    "log_level": str.lower,
+}
+
+
+def _convert(variable: str, text: str, parser: Callable[[str], Any]) -> Any:
+    try:
+        return parser(text)
+    except ValueError as exc:
+        raise SettingsError(f"environment variable {variable}={text!r} is not valid: {exc}") from None

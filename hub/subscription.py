@@ -1,0 +1,239 @@
+"""From a request's query and cursor to a validated `Subscription`, or a `RequestError`.
+
+Nothing is opened here: every mistake is found before the first byte is streamed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from .cursor import CursorError, parse_cursor
+from .registry import Registry, Stream
+
+__all__ = ["RequestError", "Selected", "Subscription", "parse_subscription", "split_streams"]
+
+# Query parameters read by the hub itself rather than passed to streams.
+HUB_QUERY_PARAMETERS = frozenset({"streams", "last_event_id"})
+
+
+class RequestError(Exception):
+    """A request the hub refuses before streaming: its HTTP status and a JSON-able body."""
+
+    def __init__(self, status: int, code: str, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, **self.details}}
+
+
+@dataclass(frozen=True)
+class Selected:
+    """One stream of a subscription: its definition, validated arguments, and where it resumes."""
+
+    stream: Stream
+    arguments: dict[str, Any]
+    count: int | None
+    after: int | None
+
+    @property
+    def name(self) -> str:
+        return self.stream.name
+
+
+@dataclass(frozen=True)
+class Subscription:
+    selected: tuple[Selected, ...]  # sorted by stream name
+    # The cursor the subscription resumes from, limited to the selected streams.
+    start: dict[str, str | None] = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.selected]
+
+
+def split_streams(values: Iterable[str]) -> list[str]:
+    """`?streams=a,b&streams=c` -> ['a', 'b', 'c'], blanks dropped, duplicates collapsed."""
+    names: dict[str, None] = {}
+    for value in values:
+        for name in value.split(","):
+            if name.strip():
+                names[name.strip()] = None
+    return list(names)
+
+
+def parse_subscription(
+    registry: Registry,
+    names: Sequence[str],
+    query: Iterable[tuple[str, str]],
+    last_event_id: str | None = None,
+    *,
+    max_streams: int = 16,
+) -> Subscription:
+    """Validate a selection, its parameters and its cursor against the registry.
+
+    `query` holds the stream parameters only (not `streams` nor `last_event_id`), as pairs,
+    in order, repeats included.
+    """
+    available = registry.names()
+    if not names:
+        raise RequestError(
+            400,
+            "missing_streams",
+            "query parameter 'streams' is required: a comma-separated list of stream names, "
+            f"e.g. ?streams={','.join(available[:2]) or 'echo'}",
+            available=available,
+        )
+    if len(names) > max_streams:
+        raise RequestError(
+            400,
+            "too_many_streams",
+            f"{len(names)} streams selected; at most {max_streams} are accepted per request",
+            limit=max_streams,
+        )
+    unknown = [name for name in names if name not in registry]
+    if unknown:
+        listed = ", ".join(repr(name) for name in unknown)
+        raise RequestError(
+            404,
+            "unknown_stream",
+            f"unknown stream {listed}; available: {', '.join(available) or '(none)'}",
+            unknown=unknown,
+            available=available,
+        )
+    streams = sorted((registry[name] for name in names), key=lambda s: s.name)
+    arguments, errors = _route_parameters(streams, query)
+    start = _read_cursor(streams, last_event_id)
+    selected = []
+    for definition in streams:
+        try:
+            values = definition.parameters.model_validate(arguments[definition.name])
+        except ValidationError as exc:
+            errors += [
+                {
+                    "stream": definition.name,
+                    "parameter": ".".join(str(part) for part in error["loc"]),
+                    "message": error["msg"],
+                    "input": error.get("input") if error["type"] != "missing" else None,
+                }
+                for error in exc.errors(include_url=False)
+            ]
+            continue
+        validated = dict(values)
+        count = validated.pop("count")
+        after = start.get(definition.name)
+        selected.append(Selected(definition, validated, count, None if after is None else int(after)))
+    if errors:
+        raise _invalid(errors)
+    return Subscription(tuple(selected), start)
+
+
+def _invalid(errors: list[dict[str, Any]]) -> RequestError:
+    summary = "; ".join(f"{e['stream']}.{e['parameter']}: {e['message']}" for e in errors)
+    return RequestError(422, "invalid_parameters", f"invalid parameters: {summary}", errors=errors)
+
+
+def _route_parameters(
+    streams: list[Stream], query: Iterable[tuple[str, str]]
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Send `?param=v` to every selected stream declaring it and `?stream.param=v` to one.
+
+    Returns each stream's raw arguments, and the errors found on the way.
+    """
+    by_name = {s.name: s for s in streams}
+    given: dict[tuple[str, str], list[str]] = {}  # (stream, param) -> values, scoped first
+    shared: dict[str, list[str]] = {}
+    errors: list[dict[str, Any]] = []
+    for key, value in query:
+        stream_name, dot, parameter = key.partition(".")
+        if not dot:
+            shared.setdefault(key, []).append(value)
+            continue
+        target = by_name.get(stream_name)
+        if target is None:
+            errors.append(
+                {
+                    "stream": stream_name,
+                    "parameter": parameter,
+                    "message": f"parameter {key!r} is scoped to stream {stream_name!r}, "
+                    f"which is not selected (selected: {', '.join(by_name)})",
+                    "input": value,
+                }
+            )
+        elif parameter not in target.parameters.model_fields:
+            errors.append(_undeclared(target, parameter, value))
+        else:
+            given.setdefault((stream_name, parameter), []).append(value)
+    for parameter, values in shared.items():
+        takers = [s for s in streams if parameter in s.parameters.model_fields]
+        if not takers:
+            accepted = sorted({p for s in streams for p in s.parameters.model_fields})
+            errors.append(
+                {
+                    "stream": ",".join(by_name),
+                    "parameter": parameter,
+                    "message": f"no selected stream declares parameter {parameter!r}; "
+                    f"accepted: {', '.join(accepted)}",
+                    "input": values[-1],
+                }
+            )
+        for taker in takers:
+            # A scoped value wins over the shared one for its stream.
+            given.setdefault((taker.name, parameter), values)
+    arguments: dict[str, dict[str, Any]] = {s.name: {} for s in streams}
+    for (stream_name, parameter), values in given.items():
+        if parameter in by_name[stream_name].multi_valued:
+            arguments[stream_name][parameter] = values
+        elif len(values) > 1:
+            errors.append(
+                {
+                    "stream": stream_name,
+                    "parameter": parameter,
+                    "message": f"given {len(values)} times; this parameter takes one value",
+                    "input": values,
+                }
+            )
+        else:
+            arguments[stream_name][parameter] = values[0]
+    return arguments, errors
+
+
+def _undeclared(target: Stream, parameter: str, value: str) -> dict[str, Any]:
+    return {
+        "stream": target.name,
+        "parameter": parameter,
+        "message": f"stream {target.name!r} has no parameter {parameter!r}; "
+        f"accepted: {', '.join(sorted(target.parameters.model_fields))}",
+        "input": value,
+    }
+
+
+def _read_cursor(streams: list[Stream], last_event_id: str | None) -> dict[str, str | None]:
+    if last_event_id is None:
+        return {}
+    try:
+        cursor = parse_cursor(last_event_id)
+    except CursorError as exc:
+        raise RequestError(400, "malformed_cursor", str(exc), cursor=last_event_id) from None
+    start: dict[str, str | None] = {}
+    for definition in streams:
+        if definition.name not in cursor:
+            continue
+        position = cursor[definition.name]
+        if position is not None and not (position.isascii() and position.isdigit()):
+            raise RequestError(
+                400,
+                "malformed_cursor",
+                f"position {position!r} of stream {definition.name!r} is not valid: "
+                f"expected a non-negative integer, or '-' for nothing received yet",
+                cursor=last_event_id,
+            )
+        start[definition.name] = position
+    return start

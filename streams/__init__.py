@@ -1,0 +1,1 @@
+"""The built-in streams. Every module here is a plugin, loaded at start."""

@@ -1,0 +1,24 @@
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Annotated
+
+from pydantic import Field
+
+from hub import Event, stream
+
+
+class Echo(Event):
+    message: str
+    created_at: datetime
+
+
+@stream("echo")
+async def echo(
+    message: str = "hello",
+    interval: Annotated[float, Field(ge=0, description="seconds between events")] = 1.0,
+) -> AsyncIterator[Echo]:
+    """Repeats `message`, at once and then every `interval` seconds."""
+    while True:
+        yield Echo(message=message, created_at=datetime.now(UTC))
+        await asyncio.sleep(interval)
