@@ -13,7 +13,9 @@ stream ends when every source has ended.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -45,7 +47,11 @@ async def frames(
     """The SSE frames of a subscription: each event with the cursor after it as its id."""
     activity = activity if activity is not None else Activity()
     writer = CursorWriter(subscription.names, subscription.start)
-    sources = [_generated(index, s, activity) for index, s in enumerate(subscription.selected)]
+    turns = Turns(len(subscription.selected))
+    sources = [
+        _taking_turns(_generated(index, s, activity), turns)
+        for index, s in enumerate(subscription.selected)
+    ]
     activity.subscriptions += 1
     try:
         async with ops.merge(*sources).stream() as items:
@@ -56,6 +62,65 @@ async def frames(
                     yield encode_frame(body, writer.advance(index, position))
     finally:
         activity.subscriptions -= 1
+
+
+class Turns:
+    """Hands the right to deliver an event to one ready source at a time, oldest first.
+
+    aiostream's merge takes the first ready source in selection order and only starts the
+    next source when none is ready. A source that is ready again at once (a generator that
+    never awaits, such as echo with interval=0) would then starve its siblings, the ones not
+    yet started among them. So every source waits until all have started, and a source with
+    an event may yield it only when it holds the turn; the turn passes, in the order sources
+    became ready, when the consumer comes back for the next event. Uncontended, it costs no
+    await at all.
+    """
+
+    def __init__(self, sources: int) -> None:
+        self._unstarted = sources
+        self._all_started = asyncio.Event()
+        self._held = False
+        self._waiting: deque[asyncio.Future[None]] = deque()
+
+    async def started(self) -> None:
+        self._unstarted -= 1
+        if self._unstarted <= 0:
+            self._all_started.set()
+        await self._all_started.wait()
+
+    async def acquire(self) -> None:
+        if not self._held:
+            self._held = True
+            return
+        turn = asyncio.get_running_loop().create_future()
+        self._waiting.append(turn)
+        try:
+            await turn
+        except BaseException:
+            if turn.done() and not turn.cancelled():
+                self.release()  # granted as we were cancelled: pass it on
+            elif turn in self._waiting:
+                self._waiting.remove(turn)
+            raise
+
+    def release(self) -> None:
+        while self._waiting:
+            turn = self._waiting.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self._held = False
+
+
+async def _taking_turns(source: AsyncIterator[Tagged], turns: Turns) -> AsyncIterator[Tagged]:
+    await turns.started()
+    async with aclosing(source) as items:
+        async for item in items:
+            await turns.acquire()
+            try:
+                yield item
+            finally:
+                turns.release()
 
 
 async def _generated(index: int, selected: Selected, activity: Activity) -> AsyncIterator[Tagged]:

@@ -1,0 +1,261 @@
+"""Helpers for testing streams with pytest, for plugin authors and for the hub's own suite.
+
+- `collect(...)` / `acollect(...)`: the first N events of a selection, with their ids, run
+  in-process through the same pipeline as `GET /events` (validation, merge, framing).
+- `serve(...)`: a real hub in a child process on a free loopback port, for end-to-end tests
+  with any HTTP client.
+- `SSEParser` / `parse_events(...)`: read SSE bytes back into events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from .merge import Activity, frames
+from .registry import Registry, Stream
+from .subscription import parse_subscription
+
+__all__ = [
+    "HubServer",
+    "ReceivedEvent",
+    "SSEParser",
+    "acollect",
+    "collect",
+    "parse_events",
+    "serve",
+]
+
+
+@dataclass(frozen=True)
+class ReceivedEvent:
+    """One dispatched SSE event as a reader sees it."""
+
+    event: str
+    data: str
+    id: str | None
+
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+
+class SSEParser:
+    """An incremental reader of `text/event-stream`, following the WHATWG rules."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._pending = ""
+        self._after_cr = False
+        self._event = ""
+        self._data: list[str] = []
+        self.last_event_id: str | None = None
+        self.retry: int | None = None
+        self.comments: list[str] = []
+
+    def feed(self, chunk: bytes | str) -> list[ReceivedEvent]:
+        text = self._decoder.decode(chunk) if isinstance(chunk, bytes) else chunk
+        if self._after_cr and text.startswith("\n"):
+            text = text[1:]  # the "\n" of a "\r\n" split across two chunks
+        self._after_cr = text.endswith("\r")
+        lines = re.split(r"\r\n|\r|\n", self._pending + text)
+        self._pending = lines.pop()  # no line end yet
+        dispatched = []
+        for line in lines:
+            event = self._line(line)
+            if event is not None:
+                dispatched.append(event)
+        return dispatched
+
+    def _line(self, line: str) -> ReceivedEvent | None:
+        if not line:
+            if not self._data:
+                self._event = ""
+                return None
+            event = ReceivedEvent(self._event or "message", "\n".join(self._data), self.last_event_id)
+            self._event, self._data = "", []
+            return event
+        if line.startswith(":"):
+            self.comments.append(line[1:].removeprefix(" "))
+            return None
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            self._event = value
+        elif name == "data":
+            self._data.append(value)
+        elif name == "id" and "\0" not in value:
+            self.last_event_id = value
+        elif name == "retry" and value.isdigit():
+            self.retry = int(value)
+        return None
+
+
+def parse_events(raw: bytes | str) -> list[ReceivedEvent]:
+    """Every event in a complete piece of SSE text."""
+    return SSEParser().feed(raw)
+
+
+async def acollect(
+    streams: str | Stream | Sequence[str | Stream],
+    limit: int,
+    *,
+    params: Mapping[str, Any] | Iterable[tuple[str, Any]] = (),
+    last_event_id: str | None = None,
+    registry: Registry | None = None,
+    plugins: Sequence[str] = (),
+    timeout: float = 10.0,
+) -> list[ReceivedEvent]:
+    """The first `limit` events (control events included) of a selection, in-process.
+
+    `streams` names streams ("echo,reverse_echo") or passes `Stream` objects directly;
+    `params` are the query parameters (`{"message": "hi", "echo.interval": 0}`). Ends early
+    if every stream ends; raises `TimeoutError` if `limit` events take over `timeout` s, and
+    `hub.subscription.RequestError` for a request the hub would refuse.
+    """
+    selection = [streams] if isinstance(streams, (str, Stream)) else list(streams)
+    if registry is None:
+        registry = Registry.discover(plugins)
+    names: list[str] = []
+    for item in selection:
+        if isinstance(item, Stream):
+            registry.add(item)
+            names.append(item.name)
+        else:
+            names += [name.strip() for name in item.split(",") if name.strip()]
+    pairs = params.items() if isinstance(params, Mapping) else params
+    query = [(str(key), _query_value(value)) for key, value in pairs]
+    subscription = parse_subscription(
+        registry, list(dict.fromkeys(names)), query, last_event_id, max_streams=len(names) or 1
+    )
+    parser = SSEParser()
+    received: list[ReceivedEvent] = []
+    if limit <= 0:
+        return received
+    try:
+        async with asyncio.timeout(timeout):
+            async for frame in frames(subscription, Activity()):
+                received += parser.feed(frame)
+                if len(received) >= limit:
+                    break
+    except TimeoutError:
+        raise TimeoutError(
+            f"{len(received)} of {limit} events from {','.join(names)} within {timeout} s"
+        ) from None
+    return received[:limit]
+
+
+def collect(
+    streams: str | Stream | Sequence[str | Stream], limit: int, **options: Any
+) -> list[ReceivedEvent]:
+    """`acollect` for synchronous tests."""
+    return asyncio.run(acollect(streams, limit, **options))
+
+
+def _query_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+_READY = re.compile(r"Uvicorn running on (https?)://(\S+):(\d+)")
+
+
+class HubServer:
+    """A real `hub serve` in a child process, on a free loopback port; use as a context manager."""
+
+    def __init__(
+        self,
+        *plugins: str,
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        startup_timeout: float = 30.0,
+    ) -> None:
+        self.command = [sys.executable, "-m", "hub", "serve", "--host", "127.0.0.1", "--port", "0"]
+        for plugin in plugins:
+            self.command += ["--streams", plugin]
+        self.command += list(args)
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.startup_timeout = startup_timeout
+        self.lines: list[str] = []
+        self.url = ""
+        self.port = 0
+        self.process: subprocess.Popen[str] | None = None
+        self._ready = threading.Event()
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "the server is not started"
+        return self.process.pid
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def start(self) -> HubServer:
+        self.process = subprocess.Popen(
+            self.command,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._ready.wait(self.startup_timeout):
+            self.stop()
+            raise RuntimeError(f"hub did not start within {self.startup_timeout} s:\n{self.output}")
+        if not self.url:
+            self.stop()
+            raise RuntimeError(f"hub exited at start-up ({self.process.returncode}):\n{self.output}")
+        return self
+
+    def _read(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+            match = _READY.search(line)
+            if match and not self.url:
+                self.port = int(match.group(3))
+                self.url = f"{match.group(1)}://127.0.0.1:{self.port}"
+                self._ready.set()
+        self.process.wait()
+        self._ready.set()  # ended before (or after) it was ready: wake any waiter
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM, then SIGKILL after `timeout` s; returns the exit code."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def __enter__(self) -> HubServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def serve(*plugins: str, args: Sequence[str] = (), env: Mapping[str, str] | None = None) -> HubServer:
+    """`with serve("my_plugin.py") as hub: httpx.get(hub.url + "/streams")`."""
+    return HubServer(*plugins, args=args, env=env)
