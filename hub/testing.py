@@ -192,6 +192,7 @@ class HubServer:
         self.port = 0
         self.process: subprocess.Popen[str] | None = None
         self._ready = threading.Event()
+        self._reader = threading.Thread()
 
     @property
     def pid(self) -> int:
@@ -211,7 +212,8 @@ class HubServer:
             stderr=subprocess.STDOUT,
             text=True,
         )
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         if not self._ready.wait(self.startup_timeout):
             self.stop()
             raise RuntimeError(f"hub did not start within {self.startup_timeout} s:\n{self.output}")
@@ -233,16 +235,32 @@ class HubServer:
         self._ready.set()  # ended before (or after) it was ready: wake any waiter
 
     def stop(self, timeout: float = 10.0) -> int:
-        """SIGTERM, then SIGKILL after `timeout` s; returns the exit code."""
+        """SIGTERM, then SIGKILL after `timeout` s; returns the exit code.
+
+        uvicorn re-raises a SIGTERM once it has shut down gracefully, so a clean stop
+        returns -SIGTERM; `stopped_gracefully` tells the two apart.
+        """
         assert self.process is not None
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 10.0) -> int:
+        """Wait for the process to end (SIGKILL after `timeout` s) and collect its output."""
+        assert self.process is not None
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._reader.join(timeout)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
         return self.process.returncode
+
+    @property
+    def stopped_gracefully(self) -> bool:
+        return "Application shutdown complete" in self.output
 
     def __enter__(self) -> HubServer:
         return self.start()
