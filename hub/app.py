@@ -121,19 +121,27 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     async def events(
         request: Request,
         streams: list[str] | None = Query(
-            None, description="Stream names, comma-separated (or repeated).", examples=["echo,reverse_echo"]
+            None,
+            description="Stream names, comma-separated (or repeated).",
+            examples=["echo,reverse_echo"],
         ),
         last_event_id: str | None = Query(
             None, description="The cursor to resume from, for clients that cannot set the header."
         ),
         last_event_id_header: str | None = Header(
-            None, alias="Last-Event-ID", description="The cursor to resume from; wins over the query."
+            None,
+            alias="Last-Event-ID",
+            description="The cursor to resume from; wins over the query.",
         ),
     ) -> EventSourceResponse:
         subscription = parse_subscription(
             registry,
             split_streams(streams or ()),
-            [(k, v) for k, v in request.query_params.multi_items() if k not in HUB_QUERY_PARAMETERS],
+            [
+                (k, v)
+                for k, v in request.query_params.multi_items()
+                if k not in HUB_QUERY_PARAMETERS
+            ],
             last_event_id_header if last_event_id_header is not None else last_event_id,
             max_streams=settings.max_streams,
         )

@@ -51,11 +51,21 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="interface to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind, 0 for any free one (default 8000)")
     serve.add_argument("--max-streams", type=int, help="streams per request (default 16)")
-    serve.add_argument("--ping-interval", type=float, help="seconds between keep-alive pings (default 15, 0 = off)")
-    serve.add_argument("--retry", type=int, help="reconnection delay hinted to clients, ms (default 3000)")
-    serve.add_argument("--send-timeout", type=float, help="drop a client that takes longer to accept a frame, s (default 10)")
+    serve.add_argument(
+        "--ping-interval", type=float, help="seconds between keep-alive pings (default 15, 0 = off)"
+    )
+    serve.add_argument(
+        "--retry", type=int, help="reconnection delay hinted to clients, ms (default 3000)"
+    )
+    serve.add_argument(
+        "--send-timeout",
+        type=float,
+        help="drop a client that takes longer to accept a frame, s (default 10)",
+    )
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
-    serve.add_argument("--reload", action="store_true", help="restart when the code changes (development)")
+    serve.add_argument(
+        "--reload", action="store_true", help="restart when the code changes (development)"
+    )
 
     listing = commands.add_parser("streams", parents=[plugins], help="print the catalog of streams")
     listing.add_argument("--json", action="store_true", help="print the catalog as JSON")
@@ -87,13 +97,20 @@ def _serve(settings: Settings, registry: Registry, *, reload: bool) -> int:
 
     from .app import create_app
 
-    common = {"host": settings.host, "port": settings.port, "log_level": settings.log_level}
+    host, port, log_level = settings.host, settings.port, settings.log_level
     if reload:
         # The reloader imports the app afresh in a child process, configured by environment.
         os.environ.update(settings.to_env())
-        uvicorn.run("hub.app:create_app_from_env", factory=True, reload=True, **common)
+        uvicorn.run(
+            "hub.app:create_app_from_env",
+            factory=True,
+            reload=True,
+            host=host,
+            port=port,
+            log_level=log_level,
+        )
     else:
-        uvicorn.run(create_app(settings, registry), **common)
+        uvicorn.run(create_app(settings, registry), host=host, port=port, log_level=log_level)
     return 0
 
 
@@ -115,6 +132,10 @@ def _print_catalog(registry: Registry, *, as_json: bool) -> int:
         rows.append((info.name, info.kind, parameters or "-", summary))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+            + "  "
+            + row[3]
+        )
     print("\n* required. Every stream also takes count=N (end after N events).")
     return 0

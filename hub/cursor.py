@@ -58,7 +58,7 @@ class CursorWriter:
         self._prefixes = [quote(name, safe="") + ":" for name in self.names]
         self._parts = [
             prefix + (start.get(name) or NOTHING_YET)
-            for prefix, name in zip(self._prefixes, self.names)
+            for prefix, name in zip(self._prefixes, self.names, strict=True)
         ]
 
     def index(self, name: str) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -112,7 +112,9 @@ class Turns:
         self._held = False
 
 
-async def _taking_turns(source: AsyncIterator[Tagged], turns: Turns) -> AsyncIterator[Tagged]:
+async def _taking_turns(
+    source: AsyncGenerator[Tagged, None], turns: Turns
+) -> AsyncGenerator[Tagged, None]:
     await turns.started()
     async with aclosing(source) as items:
         async for item in items:
@@ -123,7 +125,9 @@ async def _taking_turns(source: AsyncIterator[Tagged], turns: Turns) -> AsyncIte
                 turns.release()
 
 
-async def _generated(index: int, selected: Selected, activity: Activity) -> AsyncIterator[Tagged]:
+async def _generated(
+    index: int, selected: Selected, activity: Activity
+) -> AsyncGenerator[Tagged, None]:
     definition = selected.stream
     name, model = definition.name, definition.event_model
     position = selected.after
@@ -136,8 +140,7 @@ async def _generated(index: int, selected: Selected, activity: Activity) -> Asyn
             async for event in events:
                 if not isinstance(event, model):
                     raise TypeError(
-                        f"stream {name!r} yielded {type(event).__name__}, "
-                        f"expected {model.__name__}"
+                        f"stream {name!r} yielded {type(event).__name__}, expected {model.__name__}"
                     )
                 position = 0 if position is None else position + 1
                 yield index, str(position), encode_body(name, event.model_dump_json())

@@ -19,10 +19,10 @@ import re
 import sys
 import types
 import typing
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -91,18 +91,19 @@ class Stream:
             if _is_sequence(field.annotation)
         )
 
-    def __call__(self, *args: Any, **kwargs: Any) -> AsyncIterator[Event]:
-        # The decorated function stays callable, so an author can test it directly.
-        return self.function(*args, **kwargs)
+    def __call__(self, *args: Any, **kwargs: Any) -> AsyncGenerator[Event, None]:
+        # The decorated function stays callable, so an author can test it directly; it is an
+        # async generator function, checked when the stream was defined.
+        return cast(AsyncGenerator[Event, None], self.function(*args, **kwargs))
 
     def __repr__(self) -> str:
         return f"<Stream {self.name!r} from {self.module}>"
 
-    def open(self, arguments: dict[str, Any], after: int | None) -> AsyncIterator[Event]:
+    def open(self, arguments: dict[str, Any], after: int | None) -> AsyncGenerator[Event, None]:
         """Start the generator for one subscriber, resuming after `after` if it opted in."""
         if self.position_parameter is not None:
             arguments = {**arguments, self.position_parameter: after}
-        return self.function(**arguments)
+        return self(**arguments)
 
 
 def stream(
@@ -217,7 +218,9 @@ def _parameters_model(
         if all(field.is_required() is False for field in model.model_fields.values()):
             model.model_validate({})
     except Exception as exc:  # pydantic's schema and validation errors share no narrower base
-        raise PluginError(f"{where}: the parameters of stream {name!r} are not valid: {exc}") from exc
+        raise PluginError(
+            f"{where}: the parameters of stream {name!r} are not valid: {exc}"
+        ) from exc
     return model, position_parameter
 
 

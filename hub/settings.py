@@ -97,4 +97,6 @@ def _convert(variable: str, text: str, parser: Callable[[str], Any]) -> Any:
     try:
         return parser(text)
     except ValueError as exc:
-        raise SettingsError(f"environment variable {variable}={text!r} is not valid: {exc}") from None
+        raise SettingsError(
+            f"environment variable {variable}={text!r} is not valid: {exc}"
+        ) from None

@@ -129,7 +129,9 @@ def parse_subscription(
         validated = dict(values)
         count = validated.pop("count")
         after = start.get(definition.name)
-        selected.append(Selected(definition, validated, count, None if after is None else int(after)))
+        selected.append(
+            Selected(definition, validated, count, None if after is None else int(after))
+        )
     if errors:
         raise _invalid(errors)
     return Subscription(tuple(selected), start)

@@ -82,7 +82,9 @@ class SSEParser:
             if not self._data:
                 self._event = ""
                 return None
-            event = ReceivedEvent(self._event or "message", "\n".join(self._data), self.last_event_id)
+            event = ReceivedEvent(
+                self._event or "message", "\n".join(self._data), self.last_event_id
+            )
             self._event, self._data = "", []
             return event
         if line.startswith(":"):
@@ -219,7 +221,9 @@ class HubServer:
             raise RuntimeError(f"hub did not start within {self.startup_timeout} s:\n{self.output}")
         if not self.url:
             self.stop()
-            raise RuntimeError(f"hub exited at start-up ({self.process.returncode}):\n{self.output}")
+            raise RuntimeError(
+                f"hub exited at start-up ({self.process.returncode}):\n{self.output}"
+            )
         return self
 
     def _read(self) -> None:
@@ -274,6 +278,8 @@ class HubServer:
         self.stop()
 
 
-def serve(*plugins: str, args: Sequence[str] = (), env: Mapping[str, str] | None = None) -> HubServer:
+def serve(
+    *plugins: str, args: Sequence[str] = (), env: Mapping[str, str] | None = None
+) -> HubServer:
     """`with serve("my_plugin.py") as hub: httpx.get(hub.url + "/streams")`."""
     return HubServer(*plugins, args=args, env=env)
