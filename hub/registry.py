@@ -24,7 +24,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Annotated, Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
+from pydantic.fields import FieldInfo
 
 from .events import Event
 
@@ -206,6 +207,12 @@ def _parameters_model(
                 f"({', '.join(sorted(RESERVED_PARAMETERS))} and names starting with '_')"
             )
         default = ... if parameter.default is parameter.empty else parameter.default
+        if isinstance(default, FieldInfo):
+            raise PluginError(
+                f"{where}: parameter {parameter.name!r} has a Field(...) as its default; "
+                f"write the constraints in the annotation and keep a plain default, e.g. "
+                f"'{parameter.name}: Annotated[float, Field(ge=0)] = 1.0'"
+            )
         fields[parameter.name] = (annotation, default)
     model_name = "".join(part.capitalize() for part in re.split(r"[_-]", name)) + "Parameters"
     try:
@@ -215,8 +222,11 @@ def _parameters_model(
             **fields,
         )
         model.model_json_schema()
-        if all(field.is_required() is False for field in model.model_fields.values()):
-            model.model_validate({})
+        # A default that breaks its own constraint is the plugin's mistake: refuse it here,
+        # not as a 422 blamed on every client that leaves the parameter out.
+        for annotation, default in fields.values():
+            if default is not ...:
+                TypeAdapter(annotation).validate_python(default)
     except Exception as exc:  # pydantic's schema and validation errors share no narrower base
         raise PluginError(
             f"{where}: the parameters of stream {name!r} are not valid: {exc}"

@@ -35,7 +35,9 @@ def read_events(
     """The events of one subscription: the first `limit`, or all until the response ends."""
     received: list[ServerSentEvent] = []
     with httpx.Client(base_url=server.url, timeout=TIMEOUT) as client:
-        with connect_sse(client, "GET", "/events", params=params, headers=dict(headers or {})) as source:
+        with connect_sse(
+            client, "GET", "/events", params=params, headers=dict(headers or {})
+        ) as source:
             assert source.response.status_code == 200, source.response.read()
             for sse in source.iter_sse():
                 if not sse.data:  # the retry hint alone
@@ -113,9 +115,7 @@ def test_ids_are_unique_cursors_moving_one_stream_at_a_time(hub_server: HubServe
 
 
 def test_a_stream_that_never_sleeps_does_not_starve_the_others(hub_server: HubServer) -> None:
-    events = read_events(
-        hub_server, {"streams": "echo,reverse_echo,counter", "interval": 0}, 600
-    )
+    events = read_events(hub_server, {"streams": "echo,reverse_echo,counter", "interval": 0}, 600)
     share = Counter(e.event for e in events)
     assert set(share) == {"echo", "reverse_echo", "counter"}
     assert min(share.values()) >= 150, share
@@ -484,7 +484,12 @@ def test_interval_zero_goes_idle_after_disconnect_and_sigterm_stops_it(reports: 
 
 def test_sigterm_stops_the_hub_while_a_never_sleeping_stream_is_open(reports: Reports) -> None:
     with HubServer(str(Path(__file__).parent / "plugins")) as server:
-        params = {"streams": "lifecycle,echo", "interval": 0, "report_port": reports.port, "tag": "t"}
+        params = {
+            "streams": "lifecycle,echo",
+            "interval": 0,
+            "report_port": reports.port,
+            "tag": "t",
+        }
         with httpx.Client(base_url=server.url, timeout=TIMEOUT) as client:
             with connect_sse(client, "GET", "/events", params=params) as source:
                 events = source.iter_sse()

@@ -24,7 +24,9 @@ def test_streams_prints_the_catalog_as_a_table() -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["NAME", "KIND", "PARAMETERS", "DESCRIPTION"]
-    rows = {line.split()[0]: line for line in lines[1:] if line.strip() and not line.startswith("*")}
+    rows = {
+        line.split()[0]: line for line in lines[1:] if line.strip() and not line.startswith("*")
+    }
     assert {"echo", "reverse_echo", "counter"} <= set(rows)
     assert "message, interval" in rows["echo"] and "generated" in rows["echo"]
 

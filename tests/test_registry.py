@@ -278,6 +278,10 @@ async def invalid_default(interval: Annotated[float, Field(ge=0)] = -1) -> Async
     yield Tick(n=1)
 
 
+async def field_as_default(interval: float = Field(1.0, ge=0)) -> AsyncIterator[Tick]:
+    yield Tick(n=1)
+
+
 async def invalid_default_beside_required(
     message: str, interval: Annotated[float, Field(ge=0)] = -1
 ) -> AsyncIterator[Tick]:
@@ -300,6 +304,7 @@ MALFORMED = [
     (two_positions, "only one parameter may be a LastPosition"),
     (invalid_default, "parameters of stream 'bad' are not valid"),
     (invalid_default_beside_required, "parameters of stream 'bad' are not valid"),
+    (field_as_default, "has a Field\\(...\\) as its default; write the constraints"),
     (opaque_type, "parameters of stream 'bad' are not valid"),
 ]
 

@@ -64,8 +64,16 @@ def test_from_env_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("1", True), ("true", True), ("TRUE", True), ("yes", True), (" on ", True),
-        ("0", False), ("false", False), ("No", False), ("off", False), ("", False),
+        ("1", True),
+        ("true", True),
+        ("TRUE", True),
+        ("yes", True),
+        (" on ", True),
+        ("0", False),
+        ("false", False),
+        ("No", False),
+        ("off", False),
+        ("", False),
     ],
 )
 def test_boolean_variables(text: str, expected: bool) -> None:
@@ -171,8 +179,16 @@ def test_zero_is_allowed_where_it_means_something() -> None:
 def test_to_env_round_trips(settings: Settings) -> None:
     env = settings.to_env()
     assert set(env) == {
-        "HUB_HOST", "HUB_PORT", "HUB_STREAMS", "HUB_BUILTIN_STREAMS", "HUB_ENTRY_POINTS",
-        "HUB_MAX_STREAMS", "HUB_PING_INTERVAL", "HUB_RETRY", "HUB_SEND_TIMEOUT", "HUB_LOG_LEVEL",
+        "HUB_HOST",
+        "HUB_PORT",
+        "HUB_STREAMS",
+        "HUB_BUILTIN_STREAMS",
+        "HUB_ENTRY_POINTS",
+        "HUB_MAX_STREAMS",
+        "HUB_PING_INTERVAL",
+        "HUB_RETRY",
+        "HUB_SEND_TIMEOUT",
+        "HUB_LOG_LEVEL",
     }
     assert all(isinstance(value, str) for value in env.values())
     assert Settings.from_env(env) == settings
