@@ -86,6 +86,9 @@ class Turns:
         self._unstarted -= 1
         if self._unstarted <= 0:
             self._all_started.set()
+            # Let the sources that waited go first, so that events ready at the same moment
+            # come out in selection order.
+            await asyncio.sleep(0)
         await self._all_started.wait()
 
     async def acquire(self) -> None:

@@ -500,3 +500,9 @@ def test_sigterm_stops_the_hub_while_a_never_sleeping_stream_is_open(reports: Re
                 assert reports.next() == "close t"
                 assert server.wait(timeout=15) in (0, -signal.SIGTERM)
                 assert server.stopped_gracefully, server.output
+
+
+def test_events_ready_together_come_in_selection_order(hub_server: HubServer) -> None:
+    for _ in range(5):
+        events = read_events(hub_server, {"streams": "reverse_echo,echo,counter", "count": 1})
+        assert [e.event for e in events] == ["counter", "echo", "reverse_echo"]
