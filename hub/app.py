@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import FastAPI, Header, Query, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -100,6 +101,13 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         version=__version__,
         summary="Many live event streams, merged into one resumable Server-Sent-Events response.",
     )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Last-Event-ID", "Content-Type"],
+        )
     app.state.settings = settings
     app.state.registry = registry
     app.state.activity = activity

@@ -62,6 +62,13 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         help="drop a client that takes longer to accept a frame, s (default 10)",
     )
+    serve.add_argument(
+        "--cors-origin",
+        dest="cors_origins",
+        action="append",
+        metavar="ORIGIN",
+        help="let browser pages from ORIGIN subscribe (repeatable; '*' for any)",
+    )
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument(
         "--reload", action="store_true", help="restart when the code changes (development)"

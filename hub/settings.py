@@ -27,6 +27,8 @@ class Settings:
     ping_interval: float = 15.0  # seconds between keep-alive comments; 0 disables them
     retry: int = 3000  # the reconnection delay hinted to browsers, in milliseconds
     send_timeout: float = 10.0  # a client that takes longer to accept a frame is dropped
+    # Browser origins allowed to subscribe from other sites (CORS); "*" allows any.
+    cors_origins: tuple[str, ...] = ()
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -49,8 +51,9 @@ class Settings:
             if variable in environ:
                 values[f.name] = _convert(variable, environ[variable], _PARSERS[f.name])
         values.update({k: v for k, v in overrides.items() if v is not None})
-        if "streams" in values:
-            values["streams"] = tuple(values["streams"])
+        for name in ("streams", "cors_origins"):
+            if name in values:
+                values[name] = tuple(values[name])
         return replace(cls(), **values)
 
     def to_env(self) -> dict[str, str]:
@@ -75,20 +78,21 @@ def _boolean(text: str) -> bool:
     raise ValueError("expected one of 1, true, yes, on, 0, false, no, off")
 
 
-def _plugins(text: str) -> tuple[str, ...]:
+def _comma_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "host": str,
     "port": int,
-    "streams": _plugins,
+    "streams": _comma_list,
     "builtin_streams": _boolean,
     "entry_points": _boolean,
     "max_streams": int,
     "ping_interval": float,
     "retry": int,
     "send_timeout": float,
+    "cors_origins": _comma_list,
     "log_level": str.lower,
 }
 

@@ -171,6 +171,7 @@ def test_zero_is_allowed_where_it_means_something() -> None:
             ping_interval=0.5,
             retry=1500,
             send_timeout=2.0,
+            cors_origins=("https://a.example", "https://b.example"),
             log_level="warning",
         ),
         Settings(streams=("one.py",), ping_interval=0.1, entry_points=False),
@@ -188,6 +189,7 @@ def test_to_env_round_trips(settings: Settings) -> None:
         "HUB_PING_INTERVAL",
         "HUB_RETRY",
         "HUB_SEND_TIMEOUT",
+        "HUB_CORS_ORIGINS",
         "HUB_LOG_LEVEL",
     }
     assert all(isinstance(value, str) for value in env.values())
