@@ -3,18 +3,24 @@
 __version__ = "0.1.0"
 
 from .app import create_app
-from .events import Event
-from .registry import LastPosition, PluginError, Registry, Stream, stream
+from .events import Event, ReceivedAt
+from .registry import LastPosition, PluginError, Registry, Stream, Topic, stream, topic
+from .runtime import Hub, publish
 from .settings import Settings
 
 __all__ = [
     "Event",
+    "Hub",
     "LastPosition",
     "PluginError",
+    "ReceivedAt",
     "Registry",
     "Settings",
     "Stream",
+    "Topic",
     "__version__",
     "create_app",
+    "publish",
     "stream",
+    "topic",
 ]

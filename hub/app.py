@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 from fastapi import FastAPI, Header, Query, Request
@@ -12,9 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from . import __version__
+from .cursor import quote_name
 from .events import encode_retry
-from .merge import Activity, frames
-from .registry import Registry, Stream
+from .registry import Definition, Registry, Topic
+from .runtime import Hub
 from .settings import Settings
 from .subscription import (
     HUB_QUERY_PARAMETERS,
@@ -42,26 +45,41 @@ class StreamInfo(BaseModel):
     description: str
     parameters: dict[str, Any] = Field(description="JSON Schema of the query parameters")
     event: dict[str, Any] = Field(description="JSON Schema of the events' data")
+    history: int | None = Field(None, description="events a topic keeps for resume")
+    max_age: float | None = Field(None, description="seconds a topic keeps an event, if bounded")
+    publishable: bool = Field(description="accepts POST /streams/{name}/events")
 
 
 class Catalog(BaseModel):
     streams: list[StreamInfo]
 
 
+class Published(BaseModel):
+    positions: list[str] = Field(description="the topic position of each event, in order")
+    ids: list[str] = Field(description="the id a subscriber of this topic alone sees for each")
+
+
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
+    broker: str
     streams: int = Field(description="streams registered")
     subscriptions: int = Field(description="subscriptions being served now")
     open_streams: int = Field(description="stream sources open now, over all subscriptions")
+    buffered: int = Field(description="live frames queued for subscribers, in all")
+    max_buffered: int = Field(description="live frames queued for the most behind subscriber")
 
 
-def describe(definition: Stream) -> StreamInfo:
+def describe(definition: Definition) -> StreamInfo:
+    topic = definition if isinstance(definition, Topic) else None
     return StreamInfo(
         name=definition.name,
         kind=definition.kind,
         description=definition.description,
         parameters=definition.parameters.model_json_schema(),
         event=definition.event_model.model_json_schema(),
+        history=topic.config.history if topic else None,
+        max_age=topic.config.max_age if topic else None,
+        publishable=topic is not None and topic.producer is None,
     )
 
 
@@ -69,8 +87,8 @@ _EVENTS_DESCRIPTION = """\
 Open the selected streams and receive their events merged into one Server-Sent-Events
 response. Each frame's `event:` is the stream's name, its `data:` the event's JSON, and its
 `id:` the cursor (`name:position` for every selected stream, sorted, joined by `,`; `-` for a
-stream with nothing delivered yet). Send the cursor back as `Last-Event-ID` (or
-`last_event_id`) to resume every stream where it stopped.
+generated stream with nothing delivered yet). Send the cursor back as `Last-Event-ID` (or
+`last_event_id`) to resume every stream where it stopped: a topic replays what it still holds.
 
 Stream parameters are query parameters: `?message=hi` goes to every selected stream that
 declares `message`, `?echo.message=hi` to `echo` alone. Every stream takes `count`: end after
@@ -92,14 +110,20 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             builtin=settings.builtin_streams,
             entry_points=settings.entry_points,
         )
-    activity = Activity()
+    hub = Hub(registry, settings)
     catalog = Catalog(streams=[describe(s) for s in registry])
     preamble = encode_retry(settings.retry)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with hub:
+            yield
 
     app = FastAPI(
         title="hub",
         version=__version__,
         summary="Many live event streams, merged into one resumable Server-Sent-Events response.",
+        lifespan=lifespan,
     )
     if settings.cors_origins:
         app.add_middleware(
@@ -110,11 +134,12 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         )
     app.state.settings = settings
     app.state.registry = registry
-    app.state.activity = activity
+    app.state.hub = hub
 
     @app.exception_handler(RequestError)
     async def refuse(request: Request, exc: RequestError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        headers = {"Allow": ""} if exc.status == 405 else None
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
     @app.get(
         "/events",
@@ -146,17 +171,18 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             registry,
             split_streams(streams or ()),
             [
-                (k, v)
-                for k, v in request.query_params.multi_items()
-                if k not in HUB_QUERY_PARAMETERS
+                (key, value)
+                for key, value in request.query_params.multi_items()
+                if key not in HUB_QUERY_PARAMETERS
             ],
             last_event_id_header if last_event_id_header is not None else last_event_id,
             max_streams=settings.max_streams,
+            check_position=hub.broker.check_position,
         )
 
         async def body() -> AsyncIterator[bytes]:
             yield preamble
-            async for frame in frames(subscription, activity):
+            async for frame in hub.frames(subscription):
                 yield frame
 
         return EventSourceResponse(
@@ -167,6 +193,35 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             ping_message_factory=lambda: ServerSentEvent(comment="ping", sep="\n"),
             send_timeout=settings.send_timeout or None,
         )
+
+    @app.post(
+        "/streams/{name}/events",
+        status_code=201,
+        summary="Publish events to a topic",
+        description="The body is one event, or a JSON array of events published in order (all "
+        "or none). Each is validated against the topic's event model; fields the hub fills in "
+        "(readOnly in the catalog's schema) must be left out.",
+        responses={
+            400: {"model": ErrorBody, "description": "the body is not JSON"},
+            404: _ERRORS[404],
+            405: {"model": ErrorBody, "description": "not a topic that accepts events"},
+            413: {"model": ErrorBody, "description": "the body is over the size limit"},
+            422: {"model": ErrorBody, "description": "events that do not fit the model, named"},
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"type": ["object", "array"]}}},
+            }
+        },
+    )
+    async def publish_events(name: str, request: Request) -> Published:
+        definition = hub.publishable(name)
+        payload = await _read_json(request, settings.max_publish_bytes)
+        events = hub.validate(definition, payload if isinstance(payload, list) else [payload])
+        entries = await hub.broker.publish(name, [e.model_dump_json() for e in events])
+        positions = [entry.position for entry in entries]
+        return Published(positions=positions, ids=[f"{quote_name(name)}:{p}" for p in positions])
 
     @app.get("/streams", summary="The catalog of streams")
     async def list_streams() -> Catalog:
@@ -191,13 +246,41 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
 
     @app.get("/health", summary="Liveness and current load")
     async def health() -> Health:
+        buffered, most = hub.broker.buffered()
         return Health(
+            broker=hub.broker.url,
             streams=len(registry),
-            subscriptions=activity.subscriptions,
-            open_streams=activity.open_streams,
+            subscriptions=hub.activity.subscriptions,
+            open_streams=hub.activity.open_streams,
+            buffered=buffered,
+            max_buffered=most,
         )
 
     return app
+
+
+async def _read_json(request: Request, limit: int) -> Any:
+    """The request's JSON body, read no further than `limit` bytes."""
+    too_large = RequestError(
+        413, "body_too_large", f"the body is over the limit of {limit} bytes", limit=limit
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    try:
+        return json.loads(body)
+    except ValueError as exc:  # also bad UTF-8
+        raise RequestError(
+            400,
+            "malformed_json",
+            f"the body is not JSON: {exc}; send one event as a JSON "
+            "object, or several as a JSON array",
+        ) from None
 
 
 def create_app_from_env() -> FastAPI:

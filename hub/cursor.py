@@ -11,9 +11,21 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from urllib.parse import quote, unquote
 
-__all__ = ["NOTHING_YET", "CursorError", "CursorWriter", "format_cursor", "parse_cursor"]
+__all__ = [
+    "NOTHING_YET",
+    "CursorError",
+    "CursorWriter",
+    "format_cursor",
+    "parse_cursor",
+    "quote_name",
+]
 
 NOTHING_YET = "-"
+
+
+def quote_name(name: str) -> str:
+    """A stream name as it appears in a cursor."""
+    return quote(name, safe="")
 
 
 class CursorError(ValueError):
@@ -22,7 +34,7 @@ class CursorError(ValueError):
 
 def format_cursor(positions: Mapping[str, str | None]) -> str:
     return ",".join(
-        f"{quote(name, safe='')}:{NOTHING_YET if position is None else position}"
+        f"{quote_name(name)}:{NOTHING_YET if position is None else position}"
         for name, position in sorted(positions.items())
     )
 
@@ -55,7 +67,7 @@ class CursorWriter:
 
     def __init__(self, names: Iterable[str], start: Mapping[str, str | None]) -> None:
         self.names = sorted(names)
-        self._prefixes = [quote(name, safe="") + ":" for name in self.names]
+        self._prefixes = [quote_name(name) + ":" for name in self.names]
         self._parts = [
             prefix + (start.get(name) or NOTHING_YET)
             for prefix, name in zip(self._prefixes, self.names, strict=True)

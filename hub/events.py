@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "CONTROL_PREFIX",
     "Event",
+    "ReceivedAt",
     "control_body",
     "encode_body",
     "encode_comment",
@@ -35,6 +37,18 @@ class Event(BaseModel):
     """Base class of every stream's event model. Its compact JSON is the frame's `data:`."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# A field the hub fills in with the time it received the event. It is read-only for
+# publishers: a POST that sets it is refused, and the catalog's schema marks it readOnly.
+ReceivedAt = Annotated[
+    datetime,
+    Field(default_factory=_now, json_schema_extra={"readOnly": True}),
+]
 
 
 def _field(name: bytes, value: str) -> bytes:

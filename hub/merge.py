@@ -1,11 +1,12 @@
 """Open a subscription's streams, tag their events, and merge them into SSE frames.
 
-Each selected stream becomes one source: an async generator yielding `(index, position,
-body)` where `body` is the encoded `event:` + `data:` part and `position` the stream's new
-position (None for a control event, which moves no position). aiostream's `merge` runs the
-sources concurrently; `frames()` consumes it inside `async with ....stream()`, so leaving the
-loop for any reason (end, error, client gone, cancellation) closes every source and with it
-every plugin generator, whose `finally` blocks run.
+Each selected stream becomes one source, an async generator of `Tagged` items: the stream's
+index in the selection, its new position, the encoded `event:` + `data:` body, and, for a
+topic, the whole frame as a one-stream subscriber sees it (shared by all of them). A position
+of None marks a control event, which moves no position; `END` marks the last frame of the
+response. aiostream's `merge` runs the sources concurrently; `frames()` consumes it inside
+`async with ....stream()`, so leaving the loop for any reason (end, error, client gone,
+cancellation) closes every source and with it every plugin generator and broker subscription.
 
 A source that raises ends with a `hub.error` control event; the others go on. The merged
 stream ends when every source has ended.
@@ -19,18 +20,32 @@ from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
 
 from aiostream import stream as ops
 
+from .brokers import Interrupted, Overflow
 from .cursor import CursorWriter
 from .events import control_body, encode_body, encode_frame
+from .registry import Stream, Topic
 from .subscription import Selected, Subscription
+
+if TYPE_CHECKING:
+    from .runtime import Hub
 
 __all__ = ["Activity", "frames"]
 
 logger = logging.getLogger("hub")
 
-Tagged = tuple[int, str | None, bytes]
+
+class _End:
+    def __repr__(self) -> str:
+        return "END"
+
+
+END: Final = _End()
+
+Tagged = tuple[int, str | _End | None, bytes, bytes | None]
 
 
 @dataclass
@@ -41,23 +56,33 @@ class Activity:
     open_streams: int = 0
 
 
-async def frames(
-    subscription: Subscription, activity: Activity | None = None
-) -> AsyncIterator[bytes]:
+async def frames(subscription: Subscription, hub: Hub) -> AsyncIterator[bytes]:
     """The SSE frames of a subscription: each event with the cursor after it as its id."""
-    activity = activity if activity is not None else Activity()
-    writer = CursorWriter(subscription.names, subscription.start)
+    activity = hub.activity
+    start = dict(subscription.start)
+    for selected in subscription.selected:
+        # Without a cursor a topic starts live; naming where "live" begins makes the first id
+        # an exact resume point, and replays whatever is published while we set up.
+        if isinstance(selected.stream, Topic) and start.get(selected.name) is None:
+            start[selected.name] = await hub.broker.last_position(selected.name)
+    writer = CursorWriter(subscription.names, start)
+    solo = len(subscription.selected) == 1
     turns = Turns(len(subscription.selected))
     sources = [
-        _taking_turns(_generated(index, s, activity), turns)
-        for index, s in enumerate(subscription.selected)
+        _taking_turns(_source(index, selected, start.get(selected.name), hub), turns)
+        for index, selected in enumerate(subscription.selected)
     ]
     activity.subscriptions += 1
     try:
         async with ops.merge(*sources).stream() as items:
-            async for index, position, body in items:
+            async for index, position, body, solo_frame in items:
                 if position is None:
                     yield body
+                elif isinstance(position, _End):
+                    yield body
+                    return
+                elif solo and solo_frame is not None:
+                    yield solo_frame
                 else:
                     yield encode_frame(body, writer.advance(index, position))
     finally:
@@ -128,30 +153,76 @@ async def _taking_turns(
                 turns.release()
 
 
-async def _generated(
-    index: int, selected: Selected, activity: Activity
+async def _source(
+    index: int, selected: Selected, start: str | None, hub: Hub
 ) -> AsyncGenerator[Tagged, None]:
-    definition = selected.stream
-    name, model = definition.name, definition.event_model
-    position = selected.after
+    """One selected stream's events, `count` of them at most, its failure made an event."""
+    name = selected.name
     if selected.count == 0:
         return
     delivered = 0
-    activity.open_streams += 1
+    hub.activity.open_streams += 1
     try:
-        async with aclosing(definition.open(selected.arguments, position)) as events:
-            async for event in events:
-                if not isinstance(event, model):
-                    raise TypeError(
-                        f"stream {name!r} yielded {type(event).__name__}, expected {model.__name__}"
-                    )
-                position = 0 if position is None else position + 1
-                yield index, str(position), encode_body(name, event.model_dump_json())
-                delivered += 1
-                if delivered == selected.count:
-                    return
+        definition = selected.stream
+        if isinstance(definition, Topic):
+            events = _topic(index, definition, start, hub)
+        else:
+            assert isinstance(definition, Stream)
+            events = _generated(index, definition, selected)
+        async with aclosing(events) as items:
+            async for item in items:
+                yield item
+                if item[1] is not None:
+                    delivered += 1
+                    if delivered == selected.count:
+                        return
+    except Overflow as exc:
+        yield index, END, control_body("overflow", reason=f"{exc} on {name!r}"), None
+    except Interrupted as exc:  # a shared producer ended; it logged its own failure
+        if exc.reason is not None:
+            yield index, None, control_body("error", stream=name, error=exc.reason), None
     except Exception as exc:
         logger.exception("stream %r failed; its subscriber's other streams go on", name)
-        yield index, None, control_body("error", stream=name, error=f"{type(exc).__name__}: {exc}")
+        error = f"{type(exc).__name__}: {exc}"
+        yield index, None, control_body("error", stream=name, error=error), None
     finally:
-        activity.open_streams -= 1
+        hub.activity.open_streams -= 1
+
+
+async def _generated(
+    index: int, definition: Stream, selected: Selected
+) -> AsyncGenerator[Tagged, None]:
+    name, model = definition.name, definition.event_model
+    position = selected.after
+    assert position is None or isinstance(position, int)
+    async with aclosing(definition.open(selected.arguments, position)) as events:
+        async for event in events:
+            if not isinstance(event, model):
+                raise TypeError(
+                    f"stream {name!r} yielded {type(event).__name__}, expected {model.__name__}"
+                )
+            position = 0 if position is None else position + 1
+            yield index, str(position), encode_body(name, event.model_dump_json()), None
+
+
+async def _topic(
+    index: int, definition: Topic, start: str | None, hub: Hub
+) -> AsyncGenerator[Tagged, None]:
+    assert start is not None
+    name = definition.name
+    subscription = await hub.broker.subscribe(name, start, hub.settings.buffer)
+    if definition.producer is not None:
+        hub.producers.acquire(definition)
+    try:
+        if subscription.gap is not None:
+            gap = subscription.gap
+            body = control_body(
+                "gap", stream=name, requested=gap.requested, resumed_from=gap.resumed_from
+            )
+            yield index, None, body, None
+        async for entry in subscription:
+            yield index, entry.position, entry.body, entry.solo
+    finally:
+        await subscription.close()
+        if definition.producer is not None:
+            hub.producers.release(definition)

@@ -22,20 +22,24 @@ import typing
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal, cast, overload
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 from pydantic.fields import FieldInfo
 
+from .brokers.base import TopicConfig
 from .events import Event
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "Definition",
     "LastPosition",
     "PluginError",
     "Registry",
     "Stream",
+    "Topic",
     "stream",
+    "topic",
 ]
 
 ENTRY_POINT_GROUP = "hub.streams"
@@ -64,10 +68,26 @@ _ASYNC_ITERATOR_ORIGINS = {
 }
 
 
-class Stream:
+class Definition:
+    """What the registry holds: a named stream with its event model and query parameters."""
+
+    kind: Literal["generated", "topic"]
+    name: str
+    event_model: type[Event]
+    description: str
+    parameters: type[BaseModel]
+    module: str
+    # Parameters that take several values (`?tag=a&tag=b`); the others take one.
+    multi_valued: frozenset[str] = frozenset()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} from {self.module}>"
+
+
+class Stream(Definition):
     """A generated stream: an async generator run once per subscriber, with its parameters."""
 
-    kind: Literal["generated"] = "generated"
+    kind = "generated"
 
     def __init__(
         self,
@@ -85,7 +105,6 @@ class Stream:
         self.parameters = parameters
         self.position_parameter = position_parameter
         self.module = function.__module__
-        # Parameters that take several values (`?tag=a&tag=b`); the others take one.
         self.multi_valued = frozenset(
             field_name
             for field_name, field in parameters.model_fields.items()
@@ -97,9 +116,6 @@ class Stream:
         # async generator function, checked when the stream was defined.
         return cast(AsyncGenerator[Event, None], self.function(*args, **kwargs))
 
-    def __repr__(self) -> str:
-        return f"<Stream {self.name!r} from {self.module}>"
-
     def open(self, arguments: dict[str, Any], after: int | None) -> AsyncGenerator[Event, None]:
         """Start the generator for one subscriber, resuming after `after` if it opted in."""
         if self.position_parameter is not None:
@@ -107,23 +123,136 @@ class Stream:
         return self(**arguments)
 
 
+class Topic(Definition):
+    """A topic: one sequence of events shared by every subscriber, with a bounded history.
+
+    Its events come from publishers (`POST /streams/{name}/events`, `await topic.publish(...)`)
+    or, for a shared stream, from its producer: a generator run once for all subscribers.
+    """
+
+    kind = "topic"
+
+    def __init__(
+        self,
+        name: str,
+        event_model: type[Event],
+        description: str,
+        module: str,
+        config: TopicConfig,
+        producer: Callable[[], AsyncIterator[Event]] | None = None,
+        eager: bool = False,
+    ) -> None:
+        self.name = name
+        self.event_model = event_model
+        self.description = description
+        self.module = module
+        self.config = config
+        self.producer = producer
+        self.eager = eager
+        self.parameters = _COUNT_ONLY
+        # Fields the hub fills in (JSON Schema readOnly): a publisher may not set them.
+        self.read_only = frozenset(
+            field_name
+            for field_name, field in event_model.model_fields.items()
+            if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("readOnly")
+        )
+
+    async def publish(self, *events: Event | dict[str, Any]) -> list[str]:
+        """Publish to this topic in the hub running in this process; returns the positions."""
+        from .runtime import publish
+
+        return await publish(self.name, *events)
+
+
+def topic(
+    name: str,
+    event: type[Event],
+    *,
+    description: str = "",
+    history: int = 1000,
+    max_age: float | None = None,
+) -> Topic:
+    """Declare a topic: events of type `event`, the last `history` kept (and, if `max_age` is
+    given, none older than that many seconds) so that subscribers can resume."""
+    module = sys._getframe(1).f_globals.get("__name__", "?")
+    where = f"{module}: topic {name!r}"
+    _check_name(name, where)
+    _check_event_model(event, where)
+    return Topic(name, event, description.strip(), module, _topic_config(history, max_age, where))
+
+
+def _topic_config(history: int, max_age: float | None, where: str) -> TopicConfig:
+    if not isinstance(history, int) or isinstance(history, bool) or history < 0:
+        raise PluginError(f"{where}: history must be an int >= 0 (events kept), got {history!r}")
+    if max_age is not None and not (isinstance(max_age, int | float) and max_age > 0):
+        raise PluginError(f"{where}: max_age must be a number of seconds > 0, got {max_age!r}")
+    return TopicConfig(history=history, max_age=max_age)
+
+
+def _check_name(name: object, where: str) -> None:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise PluginError(
+            f"{where}: stream name {name!r} is not valid: use 1 to 64 lowercase letters, "
+            f"digits, '_' and '-', starting with a letter or digit"
+        )
+
+
+def _check_event_model(model: object, where: str) -> None:
+    if not (isinstance(model, type) and issubclass(model, Event)):
+        raise PluginError(
+            f"{where}: needs an event model, a subclass of hub.Event: "
+            f"annotate the return as AsyncIterator[YourEvent] or pass event=YourEvent "
+            f"(found {model!r})"
+        )
+
+
+@overload
 def stream(
-    name: str, *, event: type[Event] | None = None, description: str | None = None
-) -> Callable[[Callable[..., AsyncIterator[Any]]], Stream]:
+    name: str,
+    *,
+    event: type[Event] | None = None,
+    description: str | None = None,
+    shared: Literal[False] = False,
+) -> Callable[[Callable[..., AsyncIterator[Any]]], Stream]: ...
+
+
+@overload
+def stream(
+    name: str,
+    *,
+    event: type[Event] | None = None,
+    description: str | None = None,
+    shared: Literal[True],
+    history: int = 1000,
+    max_age: float | None = None,
+    eager: bool = False,
+) -> Callable[[Callable[..., AsyncIterator[Any]]], Topic]: ...
+
+
+def stream(
+    name: str,
+    *,
+    event: type[Event] | None = None,
+    description: str | None = None,
+    shared: bool = False,
+    history: int = 1000,
+    max_age: float | None = None,
+    eager: bool = False,
+) -> Callable[[Callable[..., AsyncIterator[Any]]], Stream | Topic]:
     """Register an async generator function as the stream `name`.
 
     Its keyword parameters, typed, are the stream's query parameters; the event model is
     `event`, or else read from the return annotation `AsyncIterator[Model]`; the description
     is `description`, or else the function's docstring.
+
+    With `shared=True` the generator runs once for all subscribers, from the first one's
+    arrival (or from start-up, with `eager=True`) until the last one leaves; its events go
+    into a topic of the same name, with `history` and `max_age` as for `topic()`.
     """
 
-    def decorate(function: Callable[..., AsyncIterator[Any]]) -> Stream:
+    def decorate(function: Callable[..., AsyncIterator[Any]]) -> Stream | Topic:
         where = f"{function.__module__}.{function.__qualname__}"
-        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-            raise PluginError(
-                f"{where}: stream name {name!r} is not valid: use 1 to 64 lowercase letters, "
-                f"digits, '_' and '-', starting with a letter or digit"
-            )
+        _check_name(name, where)
         if not inspect.isasyncgenfunction(function):
             raise PluginError(
                 f"{where}: stream {name!r} must be an async generator function "
@@ -134,17 +263,29 @@ def stream(
         except Exception as exc:
             raise PluginError(f"{where}: cannot resolve the type hints: {exc}") from exc
         model = event if event is not None else _event_model_from(hints.get("return"))
-        if not (isinstance(model, type) and issubclass(model, Event)):
-            raise PluginError(
-                f"{where}: stream {name!r} needs an event model, a subclass of hub.Event: "
-                f"annotate the return as AsyncIterator[YourEvent] or pass event=YourEvent "
-                f"(found {model!r})"
-            )
+        _check_event_model(model, f"{where}: stream {name!r}")
         parameters, position_parameter = _parameters_model(name, function, hints, where)
-        text = description if description is not None else inspect.getdoc(function) or ""
-        return Stream(name, function, model, text.strip(), parameters, position_parameter)
+        text = (description if description is not None else inspect.getdoc(function) or "").strip()
+        if not shared:
+            return Stream(name, function, model, text, parameters, position_parameter)
+        if len(parameters.model_fields) > 1 or position_parameter is not None:
+            raise PluginError(
+                f"{where}: shared stream {name!r} runs once for every subscriber, so it cannot "
+                f"take parameters; give it none (constants in the module are fine)"
+            )
+        config = _topic_config(history, max_age, f"{where}: shared stream {name!r}")
+        return Topic(name, model, text, function.__module__, config, function, eager)
 
     return decorate
+
+
+_COUNT_FIELD: Any = (
+    Annotated[int | None, Field(ge=0, description="End after this many events.")],
+    None,
+)
+_COUNT_ONLY = create_model(
+    "TopicParameters", __config__=ConfigDict(extra="forbid"), count=_COUNT_FIELD
+)
 
 
 def _event_model_from(annotation: Any) -> Any:
@@ -178,12 +319,7 @@ def _is_union(annotation: Any) -> bool:
 def _parameters_model(
     name: str, function: Callable[..., Any], hints: dict[str, Any], where: str
 ) -> tuple[type[BaseModel], str | None]:
-    fields: dict[str, Any] = {
-        "count": (
-            Annotated[int | None, Field(ge=0, description="End after this many events.")],
-            None,
-        )
-    }
+    fields: dict[str, Any] = {"count": _COUNT_FIELD}
     position_parameter = None
     for parameter in inspect.signature(function).parameters.values():
         if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
@@ -238,16 +374,16 @@ class Registry:
     """The streams a hub serves, by name."""
 
     def __init__(self) -> None:
-        self._streams: dict[str, Stream] = {}
+        self._streams: dict[str, Definition] = {}
         self._origins: dict[str, str] = {}
 
     def __contains__(self, name: object) -> bool:
         return name in self._streams
 
-    def __getitem__(self, name: str) -> Stream:
+    def __getitem__(self, name: str) -> Definition:
         return self._streams[name]
 
-    def __iter__(self) -> Iterator[Stream]:
+    def __iter__(self) -> Iterator[Definition]:
         return iter(sorted(self._streams.values(), key=lambda s: s.name))
 
     def __len__(self) -> int:
@@ -256,7 +392,7 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._streams)
 
-    def add(self, definition: Stream, origin: str | None = None) -> None:
+    def add(self, definition: Definition, origin: str | None = None) -> None:
         origin = origin or definition.module
         existing = self._streams.get(definition.name)
         if existing is definition:
@@ -269,13 +405,13 @@ class Registry:
         self._streams[definition.name] = definition
         self._origins[definition.name] = origin
 
-    def add_module(self, module: ModuleType, origin: str | None = None) -> list[Stream]:
-        found = [value for value in vars(module).values() if isinstance(value, Stream)]
+    def add_module(self, module: ModuleType, origin: str | None = None) -> list[Definition]:
+        found = [value for value in vars(module).values() if isinstance(value, Definition)]
         for definition in found:
             self.add(definition, origin or module.__name__)
         return found
 
-    def load(self, plugin: str) -> list[Stream]:
+    def load(self, plugin: str) -> list[Definition]:
         """Load a plugin named at start: a `.py` file, a folder of them, or a module name."""
         path = Path(plugin)
         if plugin.endswith(".py") or path.is_dir() or "/" in plugin or "\\" in plugin:
@@ -286,18 +422,18 @@ class Registry:
             return self.add_module(_import_file(path), str(path))
         return self.add_module(_import(plugin), plugin)
 
-    def load_package(self, package: str = "streams") -> list[Stream]:
+    def load_package(self, package: str = "streams") -> list[Definition]:
         """Load every module of a package (the built-in `streams`, by default)."""
         root = _import(package)
-        found: list[Stream] = []
+        found: list[Definition] = []
         for info in pkgutil.iter_modules(getattr(root, "__path__", [])):
             if not info.name.startswith("_"):
                 found += self.add_module(_import(f"{package}.{info.name}"))
         return found
 
-    def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> list[Stream]:
+    def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> list[Definition]:
         """Load the plugins that installed distributions declare in the entry point group."""
-        found: list[Stream] = []
+        found: list[Definition] = []
         for entry_point in importlib.metadata.entry_points(group=group):
             dist = entry_point.dist.name if entry_point.dist else "?"
             origin = f"{entry_point.value} (entry point {entry_point.name!r} of {dist})"
@@ -309,11 +445,11 @@ class Registry:
                 raise PluginError(f"plugin {origin} failed to import: {exc!r}") from exc
             if isinstance(loaded, ModuleType):
                 found += self.add_module(loaded, origin)
-            elif isinstance(loaded, Stream):
+            elif isinstance(loaded, Definition):
                 self.add(loaded, origin)
                 found.append(loaded)
             else:
-                raise PluginError(f"plugin {origin}: expected a module or a Stream, got {loaded!r}")
+                raise PluginError(f"plugin {origin}: expected a module or a stream, got {loaded!r}")
         return found
 
     @classmethod

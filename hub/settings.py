@@ -23,7 +23,10 @@ class Settings:
     # Also load the built-in `streams` package and installed entry points.
     builtin_streams: bool = True
     entry_points: bool = True
+    broker: str = "memory://"  # where topics live
     max_streams: int = 16
+    buffer: int = 1000  # live frames queued per subscriber and topic before it is cut off
+    max_publish_bytes: int = 1024 * 1024  # largest POST body accepted
     ping_interval: float = 15.0  # seconds between keep-alive comments; 0 disables them
     retry: int = 3000  # the reconnection delay hinted to browsers, in milliseconds
     send_timeout: float = 10.0  # a client that takes longer to accept a frame is dropped
@@ -32,11 +35,12 @@ class Settings:
     log_level: str = "info"
 
     def __post_init__(self) -> None:
-        for name in ("port", "max_streams", "retry"):
+        for name in ("port", "retry"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.max_streams < 1:
-            raise SettingsError(f"max_streams must be >= 1, got {self.max_streams}")
+        for name in ("max_streams", "buffer", "max_publish_bytes"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("ping_interval", "send_timeout"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name} must be >= 0 seconds, got {getattr(self, name)}")
@@ -88,7 +92,10 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "streams": _comma_list,
     "builtin_streams": _boolean,
     "entry_points": _boolean,
+    "broker": str,
     "max_streams": int,
+    "buffer": int,
+    "max_publish_bytes": int,
     "ping_interval": float,
     "retry": int,
     "send_timeout": float,

@@ -5,14 +5,14 @@ Nothing is opened here: every mistake is found before the first byte is streamed
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
 from .cursor import CursorError, parse_cursor
-from .registry import Registry, Stream
+from .registry import Definition, Registry, Topic
 
 __all__ = ["RequestError", "Selected", "Subscription", "parse_subscription", "split_streams"]
 
@@ -38,10 +38,12 @@ class RequestError(Exception):
 class Selected:
     """One stream of a subscription: its definition, validated arguments, and where it resumes."""
 
-    stream: Stream
+    stream: Definition
     arguments: dict[str, Any]
     count: int | None
-    after: int | None
+    # Where it resumes: after this position of a generated stream (an int) or of a topic
+    # (the broker's position); None without one.
+    after: int | str | None
 
     @property
     def name(self) -> str:
@@ -76,11 +78,12 @@ def parse_subscription(
     last_event_id: str | None = None,
     *,
     max_streams: int = 16,
+    check_position: Callable[[str], None] | None = None,
 ) -> Subscription:
     """Validate a selection, its parameters and its cursor against the registry.
 
     `query` holds the stream parameters only (not `streams` nor `last_event_id`), as pairs,
-    in order, repeats included.
+    in order, repeats included. `check_position` is the broker's check of a topic position.
     """
     available = registry.names()
     if not names:
@@ -110,7 +113,7 @@ def parse_subscription(
         )
     streams = sorted((registry[name] for name in names), key=lambda s: s.name)
     arguments, errors = _route_parameters(streams, query)
-    start = _read_cursor(streams, last_event_id)
+    start = _read_cursor(streams, last_event_id, check_position)
     selected = []
     for definition in streams:
         try:
@@ -128,10 +131,10 @@ def parse_subscription(
             continue
         validated = dict(values)
         count = validated.pop("count")
-        after = start.get(definition.name)
-        selected.append(
-            Selected(definition, validated, count, None if after is None else int(after))
-        )
+        after: int | str | None = start.get(definition.name)
+        if after is not None and definition.kind == "generated":
+            after = int(after)
+        selected.append(Selected(definition, validated, count, after))
     if errors:
         raise _invalid(errors)
     return Subscription(tuple(selected), start)
@@ -143,7 +146,7 @@ def _invalid(errors: list[dict[str, Any]]) -> RequestError:
 
 
 def _route_parameters(
-    streams: list[Stream], query: Iterable[tuple[str, str]]
+    streams: list[Definition], query: Iterable[tuple[str, str]]
 ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
     """Send `?param=v` to every selected stream declaring it and `?stream.param=v` to one.
 
@@ -207,7 +210,7 @@ def _route_parameters(
     return arguments, errors
 
 
-def _undeclared(target: Stream, parameter: str, value: str) -> dict[str, Any]:
+def _undeclared(target: Definition, parameter: str, value: str) -> dict[str, Any]:
     return {
         "stream": target.name,
         "parameter": parameter,
@@ -217,7 +220,11 @@ def _undeclared(target: Stream, parameter: str, value: str) -> dict[str, Any]:
     }
 
 
-def _read_cursor(streams: list[Stream], last_event_id: str | None) -> dict[str, str | None]:
+def _read_cursor(
+    streams: list[Definition],
+    last_event_id: str | None,
+    check_position: Callable[[str], None] | None,
+) -> dict[str, str | None]:
     if last_event_id is None:
         return {}
     try:
@@ -229,13 +236,30 @@ def _read_cursor(streams: list[Stream], last_event_id: str | None) -> dict[str, 
         if definition.name not in cursor:
             continue
         position = cursor[definition.name]
-        if position is not None and not (position.isascii() and position.isdigit()):
-            raise RequestError(
-                400,
-                "malformed_cursor",
-                f"position {position!r} of stream {definition.name!r} is not valid: "
-                f"expected a non-negative integer, or '-' for nothing received yet",
-                cursor=last_event_id,
-            )
+        if position is not None:
+            problem = _position_problem(definition, position, check_position)
+            if problem:
+                raise RequestError(
+                    400,
+                    "malformed_cursor",
+                    f"position {position!r} of stream {definition.name!r} is not valid: {problem}",
+                    cursor=last_event_id,
+                )
         start[definition.name] = position
     return start
+
+
+def _position_problem(
+    definition: Definition, position: str, check_position: Callable[[str], None] | None
+) -> str | None:
+    if isinstance(definition, Topic):
+        if check_position is None:
+            return None
+        try:
+            check_position(position)
+        except ValueError as exc:
+            return str(exc)
+        return None
+    if position.isascii() and position.isdigit():
+        return None
+    return "expected a non-negative integer, or '-' for nothing received yet"

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from .merge import Activity, frames
-from .registry import Registry, Stream
+from .registry import Definition, Registry
+from .runtime import Hub
 from .subscription import parse_subscription
 
 __all__ = [
@@ -109,36 +109,51 @@ def parse_events(raw: bytes | str) -> list[ReceivedEvent]:
 
 
 async def acollect(
-    streams: str | Stream | Sequence[str | Stream],
+    streams: str | Definition | Sequence[str | Definition],
     limit: int,
     *,
     params: Mapping[str, Any] | Iterable[tuple[str, Any]] = (),
     last_event_id: str | None = None,
+    hub: Hub | None = None,
     registry: Registry | None = None,
     plugins: Sequence[str] = (),
     timeout: float = 10.0,
 ) -> list[ReceivedEvent]:
     """The first `limit` events (control events included) of a selection, in-process.
 
-    `streams` names streams ("echo,reverse_echo") or passes `Stream` objects directly;
-    `params` are the query parameters (`{"message": "hi", "echo.interval": 0}`). Ends early
-    if every stream ends; raises `TimeoutError` if `limit` events take over `timeout` s, and
-    `hub.subscription.RequestError` for a request the hub would refuse.
+    `streams` names streams ("echo,reverse_echo") or passes stream and topic objects
+    directly; `params` are the query parameters (`{"message": "hi", "echo.interval": 0}`).
+    Pass a started `hub` to publish to its topics while collecting; without one, a hub is
+    started for the call. Ends early if every stream ends; raises `TimeoutError` if `limit`
+    events take over `timeout` s, and `hub.subscription.RequestError` for a request the hub
+    would refuse.
     """
-    selection = [streams] if isinstance(streams, (str, Stream)) else list(streams)
-    if registry is None:
+    selection = [streams] if isinstance(streams, (str, Definition)) else list(streams)
+    if hub is not None:
+        registry = hub.registry
+    elif registry is None:
         registry = Registry.discover(plugins)
     names: list[str] = []
     for item in selection:
-        if isinstance(item, Stream):
+        if isinstance(item, Definition):
             registry.add(item)
             names.append(item.name)
         else:
             names += [name.strip() for name in item.split(",") if name.strip()]
     pairs = params.items() if isinstance(params, Mapping) else params
     query = [(str(key), _query_value(value)) for key, value in pairs]
+    if hub is None:
+        async with Hub(registry) as own:
+            return await acollect(
+                names, limit, params=query, last_event_id=last_event_id, hub=own, timeout=timeout
+            )
     subscription = parse_subscription(
-        registry, list(dict.fromkeys(names)), query, last_event_id, max_streams=len(names) or 1
+        registry,
+        list(dict.fromkeys(names)),
+        query,
+        last_event_id,
+        max_streams=len(names) or 1,
+        check_position=hub.broker.check_position,
     )
     parser = SSEParser()
     received: list[ReceivedEvent] = []
@@ -146,7 +161,7 @@ async def acollect(
         return received
     try:
         async with asyncio.timeout(timeout):
-            async for frame in frames(subscription, Activity()):
+            async for frame in hub.frames(subscription):
                 received += parser.feed(frame)
                 if len(received) >= limit:
                     break
@@ -158,7 +173,7 @@ async def acollect(
 
 
 def collect(
-    streams: str | Stream | Sequence[str | Stream], limit: int, **options: Any
+    streams: str | Definition | Sequence[str | Definition], limit: int, **options: Any
 ) -> list[ReceivedEvent]:
     """`acollect` for synchronous tests."""
     return asyncio.run(acollect(streams, limit, **options))

@@ -448,6 +448,6 @@ def test_entry_point_to_something_else(tmp_path: Path, monkeypatch: pytest.Monke
     (tmp_path / f"{module}.py").write_text("thing = 42\n")
     _fake_distribution(tmp_path, f"odd = {module}:thing\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(PluginError, match="expected a module or a Stream, got 42") as info:
+    with pytest.raises(PluginError, match="expected a module or a stream, got 42") as info:
         Registry().load_entry_points()
     assert "entry point 'odd' of fakeplug" in str(info.value)

@@ -26,7 +26,7 @@ async def needy(topic: str) -> AsyncIterator[Item]:
     yield Item(tag=topic)
 
 
-BUILTINS = ["counter", "echo", "reverse_echo"]
+BUILTINS = ["chat", "counter", "echo", "reverse_echo"]
 
 
 @pytest.fixture

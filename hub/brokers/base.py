@@ -1,0 +1,128 @@
+"""The broker interface: where topics live, with their history.
+
+A broker stores each published event once, gives it a position, keeps a bounded history per
+topic, and serves subscribers from a position: the retained events after it (replay), then
+new ones as they come (live), with no gap or duplicate at the seam. It encodes an event's
+shared SSE body once, whatever the number of subscribers.
+
+Positions are opaque strings to everyone but the broker. They never contain `,`. A broker
+that can lose its history (a restart of the memory broker) puts an epoch in its positions, so
+that a position from a lost history is recognised and reported as a gap.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from ..cursor import quote_name
+from ..events import encode_body
+
+__all__ = ["Broker", "BrokerSubscription", "Entry", "Gap", "Overflow", "TopicConfig"]
+
+
+class Overflow(Exception):
+    """A subscriber fell further behind than its buffer allows; it must resume from history."""
+
+
+class Interrupted(Exception):
+    """A topic's live feed ended: its shared producer failed (`reason` says how) or finished
+    (`reason` is None)."""
+
+    def __init__(self, reason: str | None) -> None:
+        super().__init__(reason or "ended")
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One event of a topic, encoded once and shared by every subscriber."""
+
+    position: str
+    body: bytes  # `event:` + `data:` lines
+    solo: bytes  # the whole frame for a subscriber of this topic alone
+
+    @classmethod
+    def encode(cls, topic: str, position: str, data: str) -> Entry:
+        body = encode_body(topic, data)
+        return cls(
+            position,
+            body,
+            b"id: " + quote_name(topic).encode() + b":" + position.encode() + b"\n" + body,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """The history no longer reaches back to the requested position."""
+
+    requested: str
+    resumed_from: str  # the first position available: replay starts there
+
+
+@dataclass(frozen=True, slots=True)
+class TopicConfig:
+    history: int = 1000  # events kept for resume
+    max_age: float | None = None  # seconds an event is kept, if also bounded by age
+
+
+class BrokerSubscription(ABC):
+    """One subscriber's view of one topic: `gap`, then the entries after its position."""
+
+    gap: Gap | None = None
+
+    @abstractmethod
+    def __aiter__(self) -> AsyncIterator[Entry]: ...
+
+    @abstractmethod
+    async def __anext__(self) -> Entry: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @property
+    def buffered(self) -> int:
+        """Live entries waiting for this subscriber."""
+        return 0
+
+
+class Broker(ABC):
+    url: str
+
+    def declare(self, topic: str, config: TopicConfig) -> None:  # noqa: B027 - optional hook
+        """Make a topic known, with its history bounds, before it is used."""
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Connect, where there is anything to connect to."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release every resource; subscribers end."""
+
+    @abstractmethod
+    def check_position(self, position: str) -> None:
+        """Raise ValueError, saying what is expected, if `position` cannot be one of ours."""
+
+    @abstractmethod
+    async def last_position(self, topic: str) -> str:
+        """The position of the newest event: subscribing after it means new events only."""
+
+    @abstractmethod
+    async def bounds(self, topic: str) -> tuple[str, str] | None:
+        """The positions of the oldest and newest retained events, or None if none is."""
+
+    @abstractmethod
+    async def publish(self, topic: str, data: Sequence[str]) -> list[Entry]:
+        """Append events (their JSON) in order; return their entries."""
+
+    @abstractmethod
+    async def subscribe(self, topic: str, after: str, buffer: int) -> BrokerSubscription:
+        """Replay what follows `after`, then live events; at most `buffer` live ones queued."""
+
+    def interrupt(self, topic: str, reason: str | None) -> None:  # noqa: B027 - optional hook
+        """End this process's live subscribers of `topic`: a producer failed with `reason`,
+        or finished (None)."""
+
+    def buffered(self) -> tuple[int, int]:
+        """Live entries queued for subscribers in this process: in all, and the most for one."""
+        return 0, 0

@@ -1,0 +1,197 @@
+"""The embedded broker: topics in this process's memory, lost when it stops.
+
+Positions are `<epoch>.<seq>`: `seq` counts a topic's events from 1 (`.0` is before the first)
+and `epoch` is drawn afresh at every start, so a cursor from an earlier process is told apart
+and answered with a gap rather than taken for a position in today's history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import time
+from collections import deque
+from collections.abc import Sequence
+from itertools import islice
+
+from .base import Broker, BrokerSubscription, Entry, Gap, Interrupted, Overflow, TopicConfig
+
+__all__ = ["MemoryBroker"]
+
+_POSITION = re.compile(r"([a-z0-9]{1,16})\.(\d{1,18})")
+
+
+class _Reader(BrokerSubscription):
+    __slots__ = ("_topic", "_replay", "_live", "_limit", "_waiter", "_error", "gap")
+
+    def __init__(self, topic: _Topic, replay: list[Entry], limit: int, gap: Gap | None) -> None:
+        self._topic = topic
+        self._replay = deque(replay)
+        self._live: deque[Entry] = deque()
+        self._limit = limit
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: Exception | None = None
+        self.gap = gap
+
+    @property
+    def buffered(self) -> int:
+        return len(self._live)
+
+    def push(self, entries: Sequence[Entry]) -> None:
+        if len(self._live) + len(entries) > self._limit:
+            self.fail(Overflow(f"more than {self._limit} events waiting for this subscriber"))
+            return
+        self._live.extend(entries)
+        self._wake()
+
+    def fail(self, error: Exception, *, keep_backlog: bool = False) -> None:
+        if not keep_backlog:
+            self._live.clear()  # the subscriber resumes from history; free its backlog now
+        self._error = error
+        self._topic.readers.discard(self)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def __aiter__(self) -> _Reader:
+        return self
+
+    async def __anext__(self) -> Entry:
+        if self._replay:
+            return self._replay.popleft()
+        while not self._live:
+            if self._error is not None:
+                raise self._error
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._live.popleft()
+
+    async def close(self) -> None:
+        self._topic.readers.discard(self)
+        self._live.clear()
+        self._replay.clear()
+
+
+class _Topic:
+    __slots__ = ("name", "config", "entries", "stamps", "seq", "readers")
+
+    def __init__(self, name: str, config: TopicConfig) -> None:
+        self.name = name
+        self.config = config
+        self.entries: deque[Entry] = deque()
+        self.stamps: deque[float] = deque()  # monotonic publish times, for age bounds
+        self.seq = 0  # of the newest event
+        self.readers: set[_Reader] = set()
+
+    def trim(self) -> None:
+        while len(self.entries) > self.config.history:
+            self.entries.popleft()
+            self.stamps.popleft()
+        if self.config.max_age is not None:
+            oldest_kept = time.monotonic() - self.config.max_age
+            while self.stamps and self.stamps[0] < oldest_kept:
+                self.entries.popleft()
+                self.stamps.popleft()
+
+    @property
+    def first_seq(self) -> int:
+        """The seq of the oldest retained event (seq + 1 when none is retained)."""
+        return self.seq - len(self.entries) + 1
+
+
+class MemoryBroker(Broker):
+    def __init__(self, url: str = "memory://", *, epoch: str | None = None) -> None:
+        self.url = url
+        self.epoch = epoch or _new_epoch()
+        self._topics: dict[str, _Topic] = {}
+
+    def declare(self, topic: str, config: TopicConfig) -> None:
+        existing = self._topics.get(topic)
+        if existing is None:
+            self._topics[topic] = _Topic(topic, config)
+        else:
+            existing.config = config
+
+    def _topic(self, name: str) -> _Topic:
+        topic = self._topics.get(name)
+        if topic is None:
+            topic = self._topics[name] = _Topic(name, TopicConfig())
+        return topic
+
+    def _position(self, seq: int) -> str:
+        return f"{self.epoch}.{seq}"
+
+    def check_position(self, position: str) -> None:
+        if not _POSITION.fullmatch(position):
+            raise ValueError(
+                "expected '<epoch>.<number>' as this hub's ids give it, e.g. 'k3f9q2.17'"
+            )
+
+    async def last_position(self, topic: str) -> str:
+        return self._position(self._topic(topic).seq)
+
+    async def bounds(self, topic: str) -> tuple[str, str] | None:
+        state = self._topic(topic)
+        state.trim()
+        if not state.entries:
+            return None
+        return state.entries[0].position, state.entries[-1].position
+
+    async def publish(self, topic: str, data: Sequence[str]) -> list[Entry]:
+        state = self._topic(topic)
+        first = state.seq + 1
+        entries = [
+            Entry.encode(topic, self._position(seq), item)
+            for seq, item in enumerate(data, start=first)
+        ]
+        state.seq += len(entries)
+        now = time.monotonic()
+        state.entries.extend(entries)
+        state.stamps.extend(now for _ in entries)
+        state.trim()
+        for reader in list(state.readers):
+            reader.push(entries)
+        return entries
+
+    async def subscribe(self, topic: str, after: str, buffer: int) -> BrokerSubscription:
+        state = self._topic(topic)
+        state.trim()
+        match = _POSITION.fullmatch(after)
+        if match is None:
+            raise ValueError(f"not a position of this broker: {after!r}")
+        epoch, seq = match.group(1), int(match.group(2))
+        gap = None
+        if epoch != self.epoch or seq < state.first_seq - 1:
+            # A lost history (another epoch) or one trimmed past the position: say so, then
+            # replay all that is retained.
+            gap = Gap(after, self._position(state.first_seq))
+            replay = list(state.entries)
+        else:
+            # A position beyond the newest (not one this hub gave) resumes at the newest.
+            skip = max(0, min(seq, state.seq) - state.first_seq + 1)
+            replay = list(islice(state.entries, skip, None))
+        # No await between reading the history and registering: nothing published in
+        # between can be missed or seen twice.
+        reader = _Reader(state, replay, buffer, gap)
+        state.readers.add(reader)
+        return reader
+
+    def interrupt(self, topic: str, reason: str | None) -> None:
+        for reader in list(self._topic(topic).readers):
+            reader.fail(Interrupted(reason), keep_backlog=True)
+
+    def buffered(self) -> tuple[int, int]:
+        """Live entries queued over all subscribers, and the most for any one."""
+        sizes = [reader.buffered for topic in self._topics.values() for reader in topic.readers]
+        return sum(sizes), max(sizes, default=0)
+
+
+def _new_epoch() -> str:
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    return "".join(secrets.choice(alphabet) for _ in range(6))

@@ -1,0 +1,226 @@
+"""The running hub: registry, broker and shared producers, and publishing into topics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import aclosing
+from types import TracebackType
+from typing import Any, ClassVar
+
+from pydantic import ValidationError
+
+from .brokers import Broker, Entry, broker_from_url
+from .events import Event
+from .merge import Activity, frames
+from .registry import Registry, Topic
+from .settings import Settings
+from .subscription import RequestError, Subscription
+
+__all__ = ["Hub", "publish"]
+
+logger = logging.getLogger("hub")
+
+
+class Hub:
+    """The streams of one process and the broker behind its topics.
+
+    `async with Hub(registry) as hub:` starts it (and its eager producers); the app does
+    that in its lifespan. The hub last started in a process is the one `hub.publish()` uses.
+    """
+
+    current: ClassVar[Hub | None] = None
+
+    def __init__(
+        self,
+        registry: Registry,
+        settings: Settings | None = None,
+        broker: Broker | None = None,
+    ) -> None:
+        self.registry = registry
+        self.settings = settings if settings is not None else Settings()
+        self.broker = broker if broker is not None else broker_from_url(self.settings.broker)
+        self.activity = Activity()
+        self.producers = Producers(self)
+        self.topics = {d.name: d for d in registry if isinstance(d, Topic)}
+        for definition in self.topics.values():
+            self.broker.declare(definition.name, definition.config)
+
+    async def start(self) -> None:
+        await self.broker.start()
+        Hub.current = self
+        for definition in self.topics.values():
+            if definition.producer is not None and definition.eager:
+                self.producers.acquire(definition)
+
+    async def stop(self) -> None:
+        await self.producers.stop()
+        await self.broker.close()
+        if Hub.current is self:
+            Hub.current = None
+
+    async def __aenter__(self) -> Hub:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def frames(self, subscription: Subscription) -> AsyncIterator[bytes]:
+        return frames(subscription, self)
+
+    async def publish(self, name: str, events: Iterable[Event | Mapping[str, Any]]) -> list[Entry]:
+        """Validate and publish events to the topic `name`, in order, all or none.
+
+        Raises `RequestError` (404 unknown, 405 not a publishable topic, 422 invalid), which
+        the app answers as is.
+        """
+        definition = self.publishable(name)
+        data = [event.model_dump_json() for event in self.validate(definition, events)]
+        return await self.broker.publish(name, data)
+
+    def publishable(self, name: str) -> Topic:
+        if name not in self.registry:
+            raise RequestError(
+                404,
+                "unknown_stream",
+                f"unknown stream {name!r}; topics: {', '.join(self.topics) or '(none)'}",
+                unknown=[name],
+                available=sorted(self.topics),
+            )
+        definition = self.registry[name]
+        if not isinstance(definition, Topic) or definition.producer is not None:
+            what = "a generated stream" if definition.kind == "generated" else "fed by its producer"
+            raise RequestError(
+                405,
+                "not_publishable",
+                f"stream {name!r} is {what}; only topics accept published events "
+                f"(topics: {', '.join(t for t, d in self.topics.items() if not d.producer)})",
+            )
+        return definition
+
+    @staticmethod
+    def validate(definition: Topic, events: Iterable[Event | Mapping[str, Any]]) -> list[Event]:
+        model = definition.event_model
+        validated: list[Event] = []
+        errors: list[dict[str, Any]] = []
+        for index, event in enumerate(events):
+            if isinstance(event, model):
+                validated.append(event)
+                continue
+            if not isinstance(event, Mapping):
+                errors.append(
+                    {
+                        "index": index,
+                        "field": "",
+                        "message": f"expected a JSON object ({model.__name__})",
+                    }
+                )
+                continue
+            for field in sorted(definition.read_only & set(event)):
+                errors.append(
+                    {"index": index, "field": field, "message": "set by the hub; leave it out"}
+                )
+            try:
+                validated.append(model.model_validate(dict(event)))
+            except ValidationError as exc:
+                errors += [
+                    {
+                        "index": index,
+                        "field": ".".join(str(part) for part in error["loc"]),
+                        "message": error["msg"],
+                    }
+                    for error in exc.errors(include_url=False)
+                ]
+        if errors:
+            summary = "; ".join(
+                f"[{e['index']}] {e['field'] or '(event)'}: {e['message']}" for e in errors
+            )
+            raise RequestError(
+                422,
+                "invalid_events",
+                f"invalid events for {definition.name!r} ({model.__name__}): {summary}",
+                errors=errors,
+            )
+        if not validated:
+            raise RequestError(422, "invalid_events", "no events given: send one or more")
+        return validated
+
+
+async def publish(name: str, *events: Event | Mapping[str, Any]) -> list[str]:
+    """Publish events to a topic of the hub running in this process; returns their positions.
+
+    `await hub.publish("chat", ChatMessage(user="ana", text="hi"))`
+    """
+    running = Hub.current
+    if running is None:
+        raise RuntimeError(
+            "no hub is running in this process: publish from inside `hub serve`, "
+            "or start one with `async with Hub(registry):`"
+        )
+    try:
+        entries = await running.publish(name, events)
+    except RequestError as exc:
+        raise ValueError(exc.message) from None
+    return [entry.position for entry in entries]
+
+
+class Producers:
+    """Runs each shared stream's generator once, while it has subscribers (or always, if
+    eager), publishing what it yields into its topic."""
+
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._users: Counter[str] = Counter()
+
+    def running(self, name: str) -> bool:
+        task = self._tasks.get(name)
+        return task is not None and not task.done()
+
+    def acquire(self, definition: Topic) -> None:
+        self._users[definition.name] += 1
+        if not self.running(definition.name):
+            self._tasks[definition.name] = asyncio.create_task(
+                self._run(definition), name=f"hub producer {definition.name}"
+            )
+
+    def release(self, definition: Topic) -> None:
+        self._users[definition.name] -= 1
+        if self._users[definition.name] <= 0 and not definition.eager:
+            del self._users[definition.name]
+            task = self._tasks.pop(definition.name, None)
+            if task is not None:
+                task.cancel()  # its generator's finally runs as the task unwinds
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run(self, definition: Topic) -> None:
+        assert definition.producer is not None
+        name, model, broker = definition.name, definition.event_model, self._hub.broker
+        try:
+            async with aclosing(definition.producer()) as events:  # type: ignore[type-var]
+                async for event in events:
+                    if not isinstance(event, model):
+                        raise TypeError(
+                            f"stream {name!r} yielded {type(event).__name__}, "
+                            f"expected {model.__name__}"
+                        )
+                    await broker.publish(name, [event.model_dump_json()])
+        except Exception as exc:
+            logger.exception("shared stream %r failed; its subscribers are told", name)
+            broker.interrupt(name, f"{type(exc).__name__}: {exc}")
+        else:
+            broker.interrupt(name, None)  # the producer ended: so do its subscribers' streams
