@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal
@@ -12,6 +13,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import SendTimeoutError
+from starlette.types import Receive, Scope, Send
 
 from . import __version__
 from .cursor import quote_name
@@ -27,6 +30,24 @@ from .subscription import (
 )
 
 __all__ = ["create_app", "create_app_from_env"]
+
+logger = logging.getLogger("hub")
+
+
+class _SubscriptionResponse(EventSourceResponse):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except SendTimeoutError:
+            # A client that stops reading is routine for a hub, not a crash: one line.
+            client = scope.get("client") or ("?", 0)
+            logger.warning(
+                "cut off %s:%s: it accepted no frame for %s s (%s)",
+                client[0],
+                client[1],
+                self.send_timeout,
+                scope.get("query_string", b"").decode(errors="replace"),
+            )
 
 
 class ErrorDetail(BaseModel):
@@ -67,6 +88,7 @@ class Health(BaseModel):
     open_streams: int = Field(description="stream sources open now, over all subscriptions")
     buffered: int = Field(description="live frames queued for subscribers, in all")
     max_buffered: int = Field(description="live frames queued for the most behind subscriber")
+    producers: list[str] = Field(description="shared streams whose producer runs now")
 
 
 def describe(definition: Definition) -> StreamInfo:
@@ -185,7 +207,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             async for frame in hub.frames(subscription):
                 yield frame
 
-        return EventSourceResponse(
+        return _SubscriptionResponse(
             body(),
             headers={"Cache-Control": "no-store"},
             ping=settings.ping_interval,
@@ -254,6 +276,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             open_streams=hub.activity.open_streams,
             buffered=buffered,
             max_buffered=most,
+            producers=hub.producers.names(),
         )
 
     return app

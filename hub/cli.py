@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -114,6 +115,13 @@ def _serve(settings: Settings, registry: Registry, *, reload: bool) -> int:
     from .app import create_app
 
     host, port, log_level = settings.host, settings.port, settings.log_level
+    # The hub's own log (failing streams, cut-off clients) in uvicorn's format and level.
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    log_config["loggers"]["hub"] = {
+        "handlers": ["default"],
+        "level": log_level.upper(),
+        "propagate": False,
+    }
     if reload:
         # The reloader imports the app afresh in a child process, configured by environment.
         os.environ.update(settings.to_env())
@@ -124,9 +132,11 @@ def _serve(settings: Settings, registry: Registry, *, reload: bool) -> int:
             host=host,
             port=port,
             log_level=log_level,
+            log_config=log_config,
         )
     else:
-        uvicorn.run(create_app(settings, registry), host=host, port=port, log_level=log_level)
+        app = create_app(settings, registry)
+        uvicorn.run(app, host=host, port=port, log_level=log_level, log_config=log_config)
     return 0
 
 

@@ -177,6 +177,7 @@ async def _source(
                     if delivered == selected.count:
                         return
     except Overflow as exc:
+        logger.warning("a subscriber of %r fell behind and is cut off: %s", name, exc)
         yield index, END, control_body("overflow", reason=f"{exc} on {name!r}"), None
     except Interrupted as exc:  # a shared producer ended; it logged its own failure
         if exc.reason is not None:

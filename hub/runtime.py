@@ -181,6 +181,10 @@ class Producers:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._users: Counter[str] = Counter()
 
+    def names(self) -> list[str]:
+        """The shared streams whose producer runs now."""
+        return sorted(name for name in self._tasks if self.running(name))
+
     def running(self, name: str) -> bool:
         task = self._tasks.get(name)
         return task is not None and not task.done()

@@ -7,79 +7,19 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from httpx_sse import ServerSentEvent, connect_sse
+from httpx_sse import connect_sse
+from support import TIMEOUT, Reports, get, positions, read_events
 
 from hub.testing import HubServer
-
-TIMEOUT = httpx.Timeout(15.0)
-
-
-def read_events(
-    server: HubServer,
-    params: dict[str, Any] | str,
-    limit: int | None = None,
-    headers: dict[str, str] | None = None,
-) -> list[ServerSentEvent]:
-    """The events of one subscription: the first `limit`, or all until the response ends."""
-    received: list[ServerSentEvent] = []
-    with httpx.Client(base_url=server.url, timeout=TIMEOUT) as client:
-        with connect_sse(
-            client, "GET", "/events", params=params, headers=dict(headers or {})
-        ) as source:
-            assert source.response.status_code == 200, source.response.read()
-            for sse in source.iter_sse():
-                if not sse.data:  # the retry hint alone
-                    continue
-                received.append(sse)
-                if limit is not None and len(received) == limit:
-                    break
-    return received
-
-
-def positions(cursor: str) -> dict[str, str]:
-    return dict(part.split(":", 1) for part in cursor.split(","))
-
-
-def get(server: HubServer, path: str, **kwargs: Any) -> httpx.Response:
-    return httpx.get(server.url + path, timeout=TIMEOUT, **kwargs)
-
-
-class Reports:
-    """A loopback listener that receives the `lifecycle` test stream's open/close reports."""
-
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(15)
-        self.port = self.listener.getsockname()[1]
-
-    def next(self) -> str:
-        connection, _ = self.listener.accept()
-        with connection:
-            connection.settimeout(5)
-            return connection.makefile().readline().strip()
-
-    def close(self) -> None:
-        self.listener.close()
-
-
-@pytest.fixture
-def reports() -> Iterator[Reports]:
-    listener = Reports()
-    yield listener
-    listener.close()
-
 
 # --- the merged stream ---------------------------------------------------------------------
 

@@ -39,8 +39,11 @@ class _Reader(BrokerSubscription):
         return len(self._live)
 
     def push(self, entries: Sequence[Entry]) -> None:
-        if len(self._live) + len(entries) > self._limit:
-            self.fail(Overflow(f"more than {self._limit} events waiting for this subscriber"))
+        # Behind means a full queue when more arrives. A reader that keeps up takes a whole
+        # batch, however large; the queue stays under the limit plus one batch (a batch is
+        # bounded by the publish body limit).
+        if len(self._live) >= self._limit:
+            self.fail(Overflow(f"{len(self._live)} events were waiting for this subscriber"))
             return
         self._live.extend(entries)
         self._wake()
