@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from typing import Any, Literal
 
 from fastapi import FastAPI, Header, Query, Request
@@ -204,8 +204,9 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
 
         async def body() -> AsyncIterator[bytes]:
             yield preamble
-            async for frame in hub.frames(subscription):
-                yield frame
+            async with aclosing(hub.frames(subscription)) as subscribed:
+                async for frame in subscribed:
+                    yield frame
 
         return _SubscriptionResponse(
             body(),

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -56,7 +56,7 @@ class Activity:
     open_streams: int = 0
 
 
-async def frames(subscription: Subscription, hub: Hub) -> AsyncIterator[bytes]:
+async def frames(subscription: Subscription, hub: Hub) -> AsyncGenerator[bytes, None]:
     """The SSE frames of a subscription: each event with the cursor after it as its id."""
     activity = hub.activity
     start = dict(subscription.start)

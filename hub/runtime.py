@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from contextlib import aclosing
 from types import TracebackType
 from typing import Any, ClassVar
@@ -73,7 +73,8 @@ class Hub:
     ) -> None:
         await self.stop()
 
-    def frames(self, subscription: Subscription) -> AsyncIterator[bytes]:
+    def frames(self, subscription: Subscription) -> AsyncGenerator[bytes, None]:
+        """The subscription's frames; close it (`contextlib.aclosing`) to end it promptly."""
         return frames(subscription, self)
 
     async def publish(self, name: str, events: Iterable[Event | Mapping[str, Any]]) -> list[Entry]:

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -161,10 +162,11 @@ async def acollect(
         return received
     try:
         async with asyncio.timeout(timeout):
-            async for frame in hub.frames(subscription):
-                received += parser.feed(frame)
-                if len(received) >= limit:
-                    break
+            async with aclosing(hub.frames(subscription)) as subscribed:
+                async for frame in subscribed:
+                    received += parser.feed(frame)
+                    if len(received) >= limit:
+                        break
     except TimeoutError:
         raise TimeoutError(
             f"{len(received)} of {limit} events from {','.join(names)} within {timeout} s"

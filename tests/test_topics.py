@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import statistics
 from collections.abc import Iterator
@@ -16,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 from httpx_sse import ServerSentEvent, aconnect_sse
+from support import TIMEOUT, Reports, get, positions, read_events
 
 from hub.testing import HubServer
-from support import TIMEOUT, Reports, get, positions, read_events
 
 PLUGINS = str(Path(__file__).parent / "plugins")
 
