@@ -126,7 +126,7 @@ class Stream(Definition):
 class Topic(Definition):
     """A topic: one sequence of events shared by every subscriber, with a bounded history.
 
-    Its events come from publishers (`POST /streams/{name}/events`, `await topic.publish(...)`)
+    Its events come from publishers (`POST /streams/{name}/events`, `await hub.publish(...)`)
     or, for a shared stream, from its producer: a generator run once for all subscribers.
     """
 
@@ -156,12 +156,6 @@ class Topic(Definition):
             for field_name, field in event_model.model_fields.items()
             if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("readOnly")
         )
-
-    async def publish(self, *events: Event | dict[str, Any]) -> list[str]:
-        """Publish to this topic in the hub running in this process; returns the positions."""
-        from .runtime import publish
-
-        return await publish(self.name, *events)
 
 
 def topic(

@@ -175,11 +175,11 @@ async def test_hub_publish_fills_in_received_at() -> None:
     assert before <= received <= after
 
 
-async def test_module_publish_and_topic_publish_return_positions() -> None:
+async def test_module_publish_returns_positions() -> None:
     async with make_hub(chat) as hub:
         positions = await publish("chat", message("a", "1"), ChatMessage(user="b", text="2"))
         assert positions == [f"{EPOCH}.1", f"{EPOCH}.2"]
-        assert await chat.publish(ChatMessage(user="c", text="3")) == [f"{EPOCH}.3"]
+        assert await publish(chat.name, ChatMessage(user="c", text="3")) == [f"{EPOCH}.3"]
         replay = await hub.broker.subscribe("chat", f"{EPOCH}.0", 10)
         texts = [json.loads(data(await replay.__anext__()))["text"] for _ in range(3)]
         assert texts == ["1", "2", "3"]
