@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from typing import Any, Literal
 
@@ -12,9 +12,6 @@ from fastapi import FastAPI, Header, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from sse_starlette import EventSourceResponse, ServerSentEvent
-from sse_starlette.sse import SendTimeoutError
-from starlette.types import Receive, Scope, Send
 
 from . import __version__
 from .cursor import quote_name
@@ -22,6 +19,7 @@ from .events import encode_retry
 from .registry import Definition, Registry, Topic
 from .runtime import Hub
 from .settings import Settings
+from .sse import SSEResponse
 from .subscription import (
     HUB_QUERY_PARAMETERS,
     RequestError,
@@ -32,22 +30,6 @@ from .subscription import (
 __all__ = ["create_app", "create_app_from_env"]
 
 logger = logging.getLogger("hub")
-
-
-class _SubscriptionResponse(EventSourceResponse):
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        except SendTimeoutError:
-            # A client that stops reading is routine for a hub, not a crash: one line.
-            client = scope.get("client") or ("?", 0)
-            logger.warning(
-                "cut off %s:%s: it accepted no frame for %s s (%s)",
-                client[0],
-                client[1],
-                self.send_timeout,
-                scope.get("query_string", b"").decode(errors="replace"),
-            )
 
 
 class ErrorDetail(BaseModel):
@@ -167,7 +149,9 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         "/events",
         summary="Subscribe to several streams in one SSE response",
         description=_EVENTS_DESCRIPTION,
-        response_class=EventSourceResponse,
+        response_class=SSEResponse,
+        response_model=None,
+        status_code=200,
         responses={
             200: {"content": {"text/event-stream": {}}, "description": "the merged frames"},
             **_ERRORS,
@@ -188,7 +172,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             alias="Last-Event-ID",
             description="The cursor to resume from; wins over the query.",
         ),
-    ) -> EventSourceResponse:
+    ) -> SSEResponse:
         subscription = parse_subscription(
             registry,
             split_streams(streams or ()),
@@ -202,19 +186,17 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             check_position=hub.broker.check_position,
         )
 
-        async def body() -> AsyncIterator[bytes]:
+        async def body() -> AsyncGenerator[bytes, None]:
             yield preamble
             async with aclosing(hub.frames(subscription)) as subscribed:
                 async for frame in subscribed:
                     yield frame
 
-        return _SubscriptionResponse(
+        return SSEResponse(
             body(),
-            headers={"Cache-Control": "no-store"},
-            ping=settings.ping_interval,
-            sep="\n",
-            ping_message_factory=lambda: ServerSentEvent(comment="ping", sep="\n"),
+            ping_interval=settings.ping_interval,
             send_timeout=settings.send_timeout or None,
+            register=hub.track,
         )
 
     @app.post(

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import copy
 import json
 import os
+import socket
 import sys
 from collections.abc import Sequence
+from types import FrameType
 
 from . import __version__
 from .registry import PluginError, Registry
@@ -134,9 +137,25 @@ def _serve(settings: Settings, registry: Registry, *, reload: bool) -> int:
             log_level=log_level,
             log_config=log_config,
         )
-    else:
-        app = create_app(settings, registry)
-        uvicorn.run(app, host=host, port=port, log_level=log_level, log_config=log_config)
+        return 0
+    app = create_app(settings, registry)
+    hub = app.state.hub
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, log_config=log_config)
+
+    class Server(uvicorn.Server):
+        loop: asyncio.AbstractEventLoop | None = None
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            self.loop = asyncio.get_running_loop()
+            await super().startup(sockets)
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            # Open streams never end by themselves: end them, or uvicorn waits for them forever.
+            if self.loop is not None and not self.should_exit:
+                self.loop.call_soon_threadsafe(hub.close_responses)
+            super().handle_exit(sig, frame)
+
+    Server(config).run()
     return 0
 
 

@@ -22,9 +22,11 @@ __all__ = [
     "ReceivedAt",
     "control_body",
     "encode_body",
+    "encode_event",
     "encode_comment",
     "encode_frame",
     "encode_retry",
+    "event_prefix",
 ]
 
 # Names of the hub's own control events start with this; stream names cannot contain a dot.
@@ -67,6 +69,20 @@ def encode_body(event: str, data: str) -> bytes:
     lines.extend(b"data: " + line.encode() + b"\n" for line in _LINE_BREAK.split(data))
     lines.append(b"\n")
     return b"".join(lines)
+
+
+def encode_event(prefix: bytes, event: Event) -> bytes:
+    """`encode_body` for an event model, fast: `prefix` is `event_prefix(name)`.
+
+    Compact JSON holds no raw line break (JSON escapes them), so its one `data:` line needs
+    no splitting, and pydantic gives the bytes directly.
+    """
+    return prefix + event.__pydantic_serializer__.to_json(event) + b"\n\n"
+
+
+def event_prefix(name: str) -> bytes:
+    """The bytes before an event's JSON: its `event:` line and the `data: ` field name."""
+    return _field(b"event", name) + b"data: "
 
 
 def encode_frame(body: bytes, id: str | None) -> bytes:

@@ -1,12 +1,16 @@
 """Open a subscription's streams, tag their events, and merge them into SSE frames.
 
-Each selected stream becomes one source, an async generator of `Tagged` items: the stream's
-index in the selection, its new position, the encoded `event:` + `data:` body, and, for a
-topic, the whole frame as a one-stream subscriber sees it (shared by all of them). A position
-of None marks a control event, which moves no position; `END` marks the last frame of the
-response. aiostream's `merge` runs the sources concurrently; `frames()` consumes it inside
+Each selected stream becomes one source, an async generator of batches of `Tagged` items: the
+stream's index in the selection, its new position, the encoded `event:` + `data:` body, and,
+for a topic, the whole frame as a one-stream subscriber sees it (shared by all of them). A
+position of None marks a control event, which moves no position; `END` marks the last frame of
+the response. aiostream's `merge` runs the sources concurrently; `frames()` consumes it inside
 `async with ....stream()`, so leaving the loop for any reason (end, error, client gone,
 cancellation) closes every source and with it every plugin generator and broker subscription.
+
+Batches are what make the hub fast: a source hands over every event it has ready (up to
+`BATCH`), the merge costs once per batch, and `frames()` turns a batch into one chunk, which
+the response writes at once. A lone stream needs no merging and goes straight through.
 
 A source that raises ends with a `hub.error` control event; the others go on. The merged
 stream ends when every source has ended.
@@ -17,16 +21,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncGenerator
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from aiostream import stream as ops
 
 from .brokers import Interrupted, Overflow
 from .cursor import CursorWriter
-from .events import control_body, encode_body, encode_frame
+from .events import control_body, encode_event, event_prefix
 from .registry import Stream, Topic
 from .subscription import Selected, Subscription
 
@@ -46,6 +50,11 @@ class _End:
 END: Final = _End()
 
 Tagged = tuple[int, str | _End | None, bytes, bytes | None]
+Batch = list[Tagged]
+
+# Events handed over at once, at most: large enough to amortise the per-batch costs, small
+# enough that one stream cannot hold the others back for long.
+BATCH = 256
 
 
 @dataclass
@@ -57,7 +66,8 @@ class Activity:
 
 
 async def frames(subscription: Subscription, hub: Hub) -> AsyncGenerator[bytes, None]:
-    """The SSE frames of a subscription: each event with the cursor after it as its id."""
+    """The SSE frames of a subscription, a chunk per batch: each event with the cursor after it
+    as its id."""
     activity = hub.activity
     start = dict(subscription.start)
     for selected in subscription.selected:
@@ -66,27 +76,44 @@ async def frames(subscription: Subscription, hub: Hub) -> AsyncGenerator[bytes, 
         if isinstance(selected.stream, Topic) and start.get(selected.name) is None:
             start[selected.name] = await hub.broker.last_position(selected.name)
     writer = CursorWriter(subscription.names, start)
-    solo = len(subscription.selected) == 1
-    turns = Turns(len(subscription.selected))
     sources = [
-        _taking_turns(_source(index, selected, start.get(selected.name), hub), turns)
+        _source(index, selected, start.get(selected.name), hub)
         for index, selected in enumerate(subscription.selected)
     ]
+    solo = len(sources) == 1
+    batches: AbstractAsyncContextManager[AsyncIterator[Batch], Any]
+    if solo:
+        batches = aclosing(sources[0])
+    else:
+        turns = Turns(len(sources))
+        batches = ops.merge(*(_taking_turns(source, turns) for source in sources)).stream()
     activity.subscriptions += 1
     try:
-        async with ops.merge(*sources).stream() as items:
-            async for index, position, body, solo_frame in items:
-                if position is None:
-                    yield body
-                elif isinstance(position, _End):
-                    yield body
+        async with batches as merged:
+            async for batch in merged:
+                chunk, last = _encode(batch, writer, solo)
+                yield chunk
+                if last:
                     return
-                elif solo and solo_frame is not None:
-                    yield solo_frame
-                else:
-                    yield encode_frame(body, writer.advance(index, position))
     finally:
         activity.subscriptions -= 1
+
+
+def _encode(batch: Batch, writer: CursorWriter, solo: bool) -> tuple[bytes, bool]:
+    """One chunk of frames for a batch, and whether it ends the response."""
+    out = []
+    for index, position, body, solo_frame in batch:
+        if position is None:
+            out.append(body)
+        elif isinstance(position, _End):
+            out.append(body)
+            return b"".join(out), True
+        elif solo and solo_frame is not None:
+            out.append(solo_frame)
+        else:
+            # Cursors hold no line break (names and positions are checked), so no escaping.
+            out.append(b"id: " + writer.advance(index, position).encode() + b"\n" + body)
+    return b"".join(out), False
 
 
 class Turns:
@@ -141,8 +168,8 @@ class Turns:
 
 
 async def _taking_turns(
-    source: AsyncGenerator[Tagged, None], turns: Turns
-) -> AsyncGenerator[Tagged, None]:
+    source: AsyncGenerator[Batch, None], turns: Turns
+) -> AsyncGenerator[Batch, None]:
     await turns.started()
     async with aclosing(source) as items:
         async for item in items:
@@ -155,60 +182,115 @@ async def _taking_turns(
 
 async def _source(
     index: int, selected: Selected, start: str | None, hub: Hub
-) -> AsyncGenerator[Tagged, None]:
-    """One selected stream's events, `count` of them at most, its failure made an event."""
+) -> AsyncGenerator[Batch, None]:
+    """One selected stream's batches, `count` events at most, its failure made an event."""
     name = selected.name
-    if selected.count == 0:
+    remaining = selected.count
+    if remaining == 0:
         return
-    delivered = 0
     hub.activity.open_streams += 1
     try:
         definition = selected.stream
         if isinstance(definition, Topic):
-            events = _topic(index, definition, start, hub)
+            batches = _topic(index, definition, start, hub)
         else:
             assert isinstance(definition, Stream)
-            events = _generated(index, definition, selected)
-        async with aclosing(events) as items:
-            async for item in items:
-                yield item
-                if item[1] is not None:
-                    delivered += 1
-                    if delivered == selected.count:
-                        return
+            batches = _generated(index, definition, selected)
+        async with aclosing(batches) as items:
+            async for batch in items:
+                if remaining is not None:
+                    batch, remaining = _at_most(batch, remaining)
+                yield batch
+                if remaining == 0:
+                    return
     except Overflow as exc:
         logger.warning("a subscriber of %r fell behind and is cut off: %s", name, exc)
-        yield index, END, control_body("overflow", reason=f"{exc} on {name!r}"), None
+        yield [(index, END, control_body("overflow", reason=f"{exc} on {name!r}"), None)]
     except Interrupted as exc:  # a shared producer ended; it logged its own failure
         if exc.reason is not None:
-            yield index, None, control_body("error", stream=name, error=exc.reason), None
+            yield [(index, None, control_body("error", stream=name, error=exc.reason), None)]
     except Exception as exc:
         logger.exception("stream %r failed; its subscriber's other streams go on", name)
         error = f"{type(exc).__name__}: {exc}"
-        yield index, None, control_body("error", stream=name, error=error), None
+        yield [(index, None, control_body("error", stream=name, error=error), None)]
     finally:
         hub.activity.open_streams -= 1
 
 
+def _at_most(batch: Batch, remaining: int) -> tuple[Batch, int]:
+    """The batch cut after `remaining` events, and how many may still follow."""
+    for offset, item in enumerate(batch):
+        if item[1] is not None:
+            remaining -= 1
+            if remaining == 0:
+                return batch[: offset + 1], 0
+    return batch, remaining
+
+
 async def _generated(
     index: int, definition: Stream, selected: Selected
-) -> AsyncGenerator[Tagged, None]:
-    name, model = definition.name, definition.event_model
-    position = selected.after
-    assert position is None or isinstance(position, int)
-    async with aclosing(definition.open(selected.arguments, position)) as events:
-        async for event in events:
-            if not isinstance(event, model):
-                raise TypeError(
-                    f"stream {name!r} yielded {type(event).__name__}, expected {model.__name__}"
-                )
-            position = 0 if position is None else position + 1
-            yield index, str(position), encode_body(name, event.model_dump_json()), None
+) -> AsyncGenerator[Batch, None]:
+    """Run the plugin's generator in a task of its own that fills a bounded queue, so that
+    whatever it made while the consumer was busy goes out as one batch."""
+    name, model, prefix = definition.name, definition.event_model, event_prefix(definition.name)
+    after = selected.after
+    assert after is None or isinstance(after, int)
+    limit = selected.count
+    loop = asyncio.get_running_loop()
+    ready: list[Tagged] = []
+    waiting: list[asyncio.Future[None]] = []  # the consumer's wait for events, or for room
+
+    def wake(_: object = None) -> None:
+        while waiting:
+            future = waiting.pop()
+            if not future.done():
+                future.set_result(None)
+
+    async def wait() -> None:
+        future = loop.create_future()
+        waiting.append(future)
+        await future
+
+    async def produce() -> None:
+        position = -1 if after is None else after
+        made = 0
+        async with aclosing(definition.open(selected.arguments, after)) as events:
+            async for event in events:
+                if not isinstance(event, model):
+                    raise TypeError(
+                        f"stream {name!r} yielded {type(event).__name__}, expected {model.__name__}"
+                    )
+                position += 1
+                ready.append((index, str(position), encode_event(prefix, event), None))
+                wake()
+                made += 1
+                if made == limit:
+                    return
+                if len(ready) >= BATCH:
+                    await wait()  # for the consumer to take the batch
+
+    producer = loop.create_task(produce(), name=f"hub stream {name}")
+    producer.add_done_callback(wake)
+    try:
+        while True:
+            if ready:
+                batch = ready[:]
+                ready.clear()
+                wake()  # room again, if the producer waits for it
+                yield batch
+            elif producer.done():
+                producer.result()  # raises what the generator raised
+                return
+            else:
+                await wait()
+    finally:
+        producer.cancel()
+        await asyncio.gather(producer, return_exceptions=True)
 
 
 async def _topic(
     index: int, definition: Topic, start: str | None, hub: Hub
-) -> AsyncGenerator[Tagged, None]:
+) -> AsyncGenerator[Batch, None]:
     assert start is not None
     name = definition.name
     subscription = await hub.broker.subscribe(name, start, hub.settings.buffer)
@@ -220,9 +302,10 @@ async def _topic(
             body = control_body(
                 "gap", stream=name, requested=gap.requested, resumed_from=gap.resumed_from
             )
-            yield index, None, body, None
-        async for entry in subscription:
-            yield index, entry.position, entry.body, entry.solo
+            yield [(index, None, body, None)]
+        while True:
+            entries = await subscription.take(BATCH)
+            yield [(index, entry.position, entry.body, entry.solo) for entry in entries]
     finally:
         await subscription.close()
         if definition.producer is not None:

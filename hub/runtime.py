@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import AsyncGenerator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from contextlib import aclosing
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from pydantic import ValidationError
 
@@ -22,6 +22,10 @@ from .subscription import RequestError, Subscription
 __all__ = ["Hub", "publish"]
 
 logger = logging.getLogger("hub")
+
+
+class Closable(Protocol):
+    def close(self) -> None: ...
 
 
 class Hub:
@@ -45,6 +49,7 @@ class Hub:
         self.activity = Activity()
         self.producers = Producers(self)
         self.topics = {d.name: d for d in registry if isinstance(d, Topic)}
+        self._responses: set[Closable] = set()
         for definition in self.topics.values():
             self.broker.declare(definition.name, definition.config)
 
@@ -55,7 +60,18 @@ class Hub:
             if definition.producer is not None and definition.eager:
                 self.producers.acquire(definition)
 
+    def track(self, response: Closable) -> Callable[[], None]:
+        """Keep an open response to close at shutdown; returns its un-tracking."""
+        self._responses.add(response)
+        return lambda: self._responses.discard(response)
+
+    def close_responses(self) -> None:
+        """End every open response: the server is stopping, and streams never end alone."""
+        for response in list(self._responses):
+            response.close()
+
     async def stop(self) -> None:
+        self.close_responses()
         await self.producers.stop()
         await self.broker.close()
         if Hub.current is self:

@@ -72,11 +72,18 @@ class BrokerSubscription(ABC):
 
     gap: Gap | None = None
 
-    @abstractmethod
-    def __aiter__(self) -> AsyncIterator[Entry]: ...
+    def __aiter__(self) -> AsyncIterator[Entry]:
+        return self
+
+    async def __anext__(self) -> Entry:
+        return (await self.take(1))[0]
 
     @abstractmethod
-    async def __anext__(self) -> Entry: ...
+    async def take(self, most: int) -> list[Entry]:
+        """The next entries, up to `most`: at least one, all that are ready, in order.
+
+        Raises `Overflow` or `Interrupted` once the entries queued before that are taken.
+        """
 
     @abstractmethod
     async def close(self) -> None: ...

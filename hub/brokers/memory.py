@@ -59,12 +59,9 @@ class _Reader(BrokerSubscription):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    def __aiter__(self) -> _Reader:
-        return self
-
-    async def __anext__(self) -> Entry:
+    async def take(self, most: int) -> list[Entry]:
         if self._replay:
-            return self._replay.popleft()
+            return [self._replay.popleft() for _ in range(min(most, len(self._replay)))]
         while not self._live:
             if self._error is not None:
                 raise self._error
@@ -73,7 +70,11 @@ class _Reader(BrokerSubscription):
                 await self._waiter
             finally:
                 self._waiter = None
-        return self._live.popleft()
+        if len(self._live) <= most:
+            batch = list(self._live)
+            self._live.clear()
+            return batch
+        return [self._live.popleft() for _ in range(most)]
 
     async def close(self) -> None:
         self._topic.readers.discard(self)
