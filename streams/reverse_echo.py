@@ -18,4 +18,5 @@ async def reverse_echo(
     reversed_message = message[::-1]
     while True:
         yield Echo(message=reversed_message, created_at=datetime.now(UTC))
-        await asyncio.sleep(interval)
+        if interval:  # at 0, as fast as the client reads: the hub paces a busy generator
+            await asyncio.sleep(interval)
