@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import Headers, QueryParams
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import __version__
 from .cursor import quote_name
@@ -27,7 +30,7 @@ from .subscription import (
     split_streams,
 )
 
-__all__ = ["create_app", "create_app_from_env"]
+__all__ = ["HubApp", "create_app", "create_app_from_env"]
 
 logger = logging.getLogger("hub")
 
@@ -73,6 +76,53 @@ class Health(BaseModel):
     producers: list[str] = Field(description="shared streams whose producer runs now")
 
 
+def _refusal(exc: RequestError) -> JSONResponse:
+    headers = {"Allow": ""} if exc.status == 405 else None
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+
+class HubApp(FastAPI):
+    """The hub's FastAPI app, which serves GET /events ahead of its own middleware and router.
+
+    A subscription holds its request open for as long as it lasts, and with it everything the
+    request passed through: the Request, dependency results and exit stacks the router built,
+    the frames of every middleware. That is about 13 KB per idle subscriber, more than
+    uvicorn's own connection; served from here, it is gone. The FastAPI route stays for the
+    documentation, and answers the same way if it is ever reached.
+    """
+
+    subscribe: Callable[[QueryParams, str | None], SSEResponse] | None = None
+    cors: ASGIApp | None = None  # the /events endpoint behind CORS, when CORS is on
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self.subscribe is not None
+            and scope["type"] == "http"
+            and scope["path"].removeprefix(scope.get("root_path", "")) == "/events"
+            and scope["method"] in ("GET", "HEAD", "OPTIONS")
+        ):
+            if self.cors is not None:
+                await self.cors(scope, receive, send)
+            else:
+                await self.events(scope)(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    def events(self, scope: Scope) -> Response:
+        """The response to a request for /events: a subscription, or a refusal."""
+        assert self.subscribe is not None
+        if scope["method"] == "OPTIONS":  # a preflight that CORS did not answer
+            return Response(status_code=405, headers={"Allow": "GET, HEAD"})
+        cursor = Headers(scope=scope).get("last-event-id")
+        try:
+            return self.subscribe(QueryParams(scope["query_string"]), cursor)
+        except RequestError as exc:
+            return _refusal(exc)
+
+    async def _events_endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.events(scope)(scope, receive, send)
+
+
 def describe(definition: Definition) -> StreamInfo:
     topic = definition if isinstance(definition, Topic) else None
     return StreamInfo(
@@ -106,7 +156,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(settings: Settings | None = None, registry: Registry | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, registry: Registry | None = None) -> HubApp:
     settings = settings if settings is not None else Settings.from_env()
     if registry is None:
         registry = Registry.discover(
@@ -116,34 +166,49 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         )
     hub = Hub(registry, settings)
     catalog = Catalog(streams=[describe(s) for s in registry])
-    preamble = encode_retry(settings.retry)
+    preamble = encode_retry(settings.retry)  # the first bytes of every subscription
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with hub:
             yield
 
-    app = FastAPI(
+    app = HubApp(
         title="hub",
         version=__version__,
         summary="Many live event streams, merged into one resumable Server-Sent-Events response.",
         lifespan=lifespan,
     )
+    cors = {
+        "allow_origins": list(settings.cors_origins),
+        "allow_methods": ["GET", "POST"],
+        "allow_headers": ["Last-Event-ID", "Content-Type"],
+    }
     if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=list(settings.cors_origins),
-            allow_methods=["GET", "POST"],
-            allow_headers=["Last-Event-ID", "Content-Type"],
-        )
+        app.add_middleware(CORSMiddleware, **cors)  # type: ignore[arg-type]
     app.state.settings = settings
     app.state.registry = registry
     app.state.hub = hub
 
     @app.exception_handler(RequestError)
     async def refuse(request: Request, exc: RequestError) -> JSONResponse:
-        headers = {"Allow": ""} if exc.status == 405 else None
-        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+        return _refusal(exc)
+
+    def subscribe(query: QueryParams, header_cursor: str | None) -> SSEResponse:
+        """The response to GET /events, or a RequestError before anything is opened."""
+        subscription = parse_subscription(
+            registry,
+            split_streams(query.getlist("streams")),
+            [(key, value) for key, value in query.multi_items() if key not in HUB_QUERY_PARAMETERS],
+            header_cursor if header_cursor is not None else query.get("last_event_id"),
+            max_streams=settings.max_streams,
+            check_position=hub.broker.check_position,
+        )
+        return SSEResponse(
+            hub.frames(subscription, preamble=preamble),
+            send_timeout=settings.send_timeout or None,
+            tracker=hub,
+        )
 
     @app.get(
         "/events",
@@ -173,31 +238,13 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             description="The cursor to resume from; wins over the query.",
         ),
     ) -> SSEResponse:
-        subscription = parse_subscription(
-            registry,
-            split_streams(streams or ()),
-            [
-                (key, value)
-                for key, value in request.query_params.multi_items()
-                if key not in HUB_QUERY_PARAMETERS
-            ],
-            last_event_id_header if last_event_id_header is not None else last_event_id,
-            max_streams=settings.max_streams,
-            check_position=hub.broker.check_position,
-        )
+        # Requests are served by _EventsFastPath before they reach here; this route documents
+        # /events and answers where the app is mounted without it.
+        return subscribe(request.query_params, last_event_id_header)
 
-        async def body() -> AsyncGenerator[bytes, None]:
-            yield preamble
-            async with aclosing(hub.frames(subscription)) as subscribed:
-                async for frame in subscribed:
-                    yield frame
-
-        return SSEResponse(
-            body(),
-            ping_interval=settings.ping_interval,
-            send_timeout=settings.send_timeout or None,
-            register=hub.track,
-        )
+    app.subscribe = subscribe
+    if settings.cors_origins:
+        app.cors = CORSMiddleware(app._events_endpoint, **cors)  # type: ignore[arg-type]
 
     @app.post(
         "/streams/{name}/events",
@@ -289,6 +336,6 @@ async def _read_json(request: Request, limit: int) -> Any:
         ) from None
 
 
-def create_app_from_env() -> FastAPI:
+def create_app_from_env() -> HubApp:
     """The factory a reloading server imports; it reads everything from `HUB_*`."""
     return create_app(Settings.from_env())

@@ -65,6 +65,8 @@ def parse_cursor(text: str) -> dict[str, str | None]:
 class CursorWriter:
     """Makes the cursor after each event of a subscription, cheaply: one slot changes."""
 
+    __slots__ = ("names", "_prefixes", "_parts")
+
     def __init__(self, names: Iterable[str], start: Mapping[str, str | None]) -> None:
         self.names = sorted(names)
         self._prefixes = [quote_name(name) + ":" for name in self.names]

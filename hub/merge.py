@@ -68,9 +68,13 @@ class Activity:
     open_streams: int = 0
 
 
-async def frames(subscription: Subscription, hub: Hub) -> AsyncGenerator[bytes, None]:
+async def frames(
+    subscription: Subscription, hub: Hub, preamble: bytes = b""
+) -> AsyncGenerator[bytes, None]:
     """The SSE frames of a subscription, a chunk per batch: each event with the cursor after it
-    as its id."""
+    as its id. `preamble` (the retry hint) goes first, before anything is opened."""
+    if preamble:
+        yield preamble
     activity = hub.activity
     start = dict(subscription.start)
     for selected in subscription.selected:
@@ -195,17 +199,45 @@ async def _source(
     try:
         definition = selected.stream
         if isinstance(definition, Topic):
-            batches = _topic(index, definition, start, hub)
+            # A topic is read here rather than in a generator of its own: an idle subscriber
+            # waits in this frame, and one frame fewer per subscriber counts by the thousand.
+            assert start is not None
+            subscription = await hub.broker.subscribe(name, start, hub.settings.buffer)
+            if definition.producer is not None:
+                hub.producers.acquire(definition)
+            try:
+                if subscription.gap is not None:
+                    gap = subscription.gap
+                    body = control_body(
+                        "gap", stream=name, requested=gap.requested, resumed_from=gap.resumed_from
+                    )
+                    yield [(index, None, body, None)]
+                while True:
+                    # A bare future to wait on, not a coroutine: one frame fewer per idle
+                    # subscriber.
+                    entries = subscription.take_nowait(BATCH)
+                    if not entries:
+                        await subscription.ready()
+                        continue
+                    batch: Batch = [(index, e.position, e.body, e.solo) for e in entries]
+                    if remaining is not None:
+                        batch, remaining = _at_most(batch, remaining)
+                    yield batch
+                    if remaining == 0:
+                        return
+            finally:
+                await subscription.close()
+                if definition.producer is not None:
+                    hub.producers.release(definition)
         else:
             assert isinstance(definition, Stream)
-            batches = _generated(index, definition, selected)
-        async with aclosing(batches) as items:
-            async for batch in items:
-                if remaining is not None:
-                    batch, remaining = _at_most(batch, remaining)
-                yield batch
-                if remaining == 0:
-                    return
+            async with aclosing(_generated(index, definition, selected)) as items:
+                async for batch in items:
+                    if remaining is not None:
+                        batch, remaining = _at_most(batch, remaining)
+                    yield batch
+                    if remaining == 0:
+                        return
     except Overflow as exc:
         logger.warning("a subscriber of %r fell behind and is cut off: %s", name, exc)
         yield [(index, END, control_body("overflow", reason=f"{exc} on {name!r}"), None)]
@@ -289,27 +321,3 @@ async def _generated(
     finally:
         producer.cancel()
         await asyncio.gather(producer, return_exceptions=True)
-
-
-async def _topic(
-    index: int, definition: Topic, start: str | None, hub: Hub
-) -> AsyncGenerator[Batch, None]:
-    assert start is not None
-    name = definition.name
-    subscription = await hub.broker.subscribe(name, start, hub.settings.buffer)
-    if definition.producer is not None:
-        hub.producers.acquire(definition)
-    try:
-        if subscription.gap is not None:
-            gap = subscription.gap
-            body = control_body(
-                "gap", stream=name, requested=gap.requested, resumed_from=gap.resumed_from
-            )
-            yield [(index, None, body, None)]
-        while True:
-            entries = await subscription.take(BATCH)
-            yield [(index, entry.position, entry.body, entry.solo) for entry in entries]
-    finally:
-        await subscription.close()
-        if definition.producer is not None:
-            hub.producers.release(definition)

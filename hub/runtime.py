@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from contextlib import aclosing
 from types import TracebackType
 from typing import Any, ClassVar, Protocol
@@ -24,8 +24,12 @@ __all__ = ["Hub", "publish"]
 logger = logging.getLogger("hub")
 
 
-class Closable(Protocol):
+class Response(Protocol):
+    """What the hub needs of an open SSE response (`hub.sse.SSEResponse`)."""
+
     def close(self) -> None: ...
+
+    def ping(self, quiet_for: float) -> None: ...
 
 
 class Hub:
@@ -49,28 +53,44 @@ class Hub:
         self.activity = Activity()
         self.producers = Producers(self)
         self.topics = {d.name: d for d in registry if isinstance(d, Topic)}
-        self._responses: set[Closable] = set()
+        self._responses: set[Response] = set()
+        self._keep_alive: asyncio.Task[None] | None = None
         for definition in self.topics.values():
             self.broker.declare(definition.name, definition.config)
 
     async def start(self) -> None:
         await self.broker.start()
         Hub.current = self
+        if self.settings.ping_interval > 0:
+            self._keep_alive = asyncio.create_task(self._ping_quiet_responses())
         for definition in self.topics.values():
             if definition.producer is not None and definition.eager:
                 self.producers.acquire(definition)
 
-    def track(self, response: Closable) -> Callable[[], None]:
-        """Keep an open response to close at shutdown; returns its un-tracking."""
+    def track(self, response: Response) -> None:
+        """Keep an open response, to ping while it is quiet and to close at shutdown."""
         self._responses.add(response)
-        return lambda: self._responses.discard(response)
+
+    def untrack(self, response: Response) -> None:
+        self._responses.discard(response)
 
     def close_responses(self) -> None:
         """End every open response: the server is stopping, and streams never end alone."""
         for response in list(self._responses):
             response.close()
 
+    async def _ping_quiet_responses(self) -> None:
+        # One task pings every connection that was quiet for an interval (checked twice an
+        # interval, so none is quiet for more than one and a half), instead of a timer each.
+        interval = self.settings.ping_interval
+        while True:
+            await asyncio.sleep(interval / 2)
+            for response in list(self._responses):
+                response.ping(quiet_for=interval)
+
     async def stop(self) -> None:
+        if self._keep_alive is not None:
+            self._keep_alive.cancel()
         self.close_responses()
         await self.producers.stop()
         await self.broker.close()
@@ -89,9 +109,12 @@ class Hub:
     ) -> None:
         await self.stop()
 
-    def frames(self, subscription: Subscription) -> AsyncGenerator[bytes, None]:
-        """The subscription's frames; close it (`contextlib.aclosing`) to end it promptly."""
-        return frames(subscription, self)
+    def frames(
+        self, subscription: Subscription, *, preamble: bytes = b""
+    ) -> AsyncGenerator[bytes, None]:
+        """The subscription's frames, after `preamble`; close it (`contextlib.aclosing`) to
+        end it promptly."""
+        return frames(subscription, self, preamble)
 
     async def publish(self, name: str, events: Iterable[Event | Mapping[str, Any]]) -> list[Entry]:
         """Validate and publish events to the topic `name`, in order, all or none.

@@ -5,7 +5,8 @@ disconnect, send timeout, shutdown) and shedding its per-frame cost, which the b
 showed to dominate:
 - the frames come in batches and each batch is one ASGI `send` (one write), not one per frame;
 - two tasks per connection: the request's own, which sends, and a watcher, which waits for
-  the client to leave and sends the keep-alive pings when the connection is quiet;
+  the client to leave (uvicorn's `send` ignores a departed client, so only `receive` tells);
+- keep-alive pings come from one task for all connections (`Hub`), which pings the quiet ones;
 - the send timeout is one timer per batch, not an anyio cancel scope per frame.
 
 A client that leaves cancels the sending task; the frames generator is closed and with it every
@@ -16,10 +17,11 @@ promptly on SIGTERM even with streams open.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable
-from contextlib import aclosing
+from collections.abc import AsyncGenerator
+from typing import Protocol
 
 from starlette.background import BackgroundTask
 from starlette.responses import Response
@@ -30,6 +32,19 @@ __all__ = ["SSEResponse"]
 logger = logging.getLogger("hub")
 
 PING = b": ping\n\n"
+_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-store"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+class Tracker(Protocol):
+    """Who keeps the open responses, to ping and to close them (the `Hub`)."""
+
+    def track(self, response: SSEResponse) -> None: ...
+
+    def untrack(self, response: SSEResponse) -> None: ...
 
 
 class SSEResponse(Response):
@@ -44,31 +59,28 @@ class SSEResponse(Response):
         self,
         chunks: AsyncGenerator[bytes, None],
         *,
-        ping_interval: float = 15.0,
         send_timeout: float | None = 10.0,
         headers: dict[str, str] | None = None,
-        register: Callable[[SSEResponse], Callable[[], None]] | None = None,
+        tracker: Tracker | None = None,
     ) -> None:
-        if ping_interval < 0:
-            raise ValueError(f"ping_interval must be >= 0 (0 disables pings), got {ping_interval}")
         if send_timeout is not None and send_timeout <= 0:
             raise ValueError(f"send_timeout must be > 0 or None, got {send_timeout}")
         self.chunks = chunks
         self.status_code = 200
         self.background: BackgroundTask | None = None
-        self.ping_interval = ping_interval
         self.send_timeout = send_timeout
-        self.raw_headers = [
-            (b"content-type", b"text/event-stream; charset=utf-8"),
-            (b"cache-control", b"no-store"),
-            (b"x-accel-buffering", b"no"),
-            *((k.lower().encode(), v.encode()) for k, v in (headers or {}).items()),
+        self.raw_headers = _HEADERS + [
+            (key.lower().encode(), value.encode()) for key, value in (headers or {}).items()
         ]
-        self._register = register
+        self._tracker = tracker
         self._task: asyncio.Task[None] | None = None
         self._stopping = False  # we cancelled the sender: client gone, or the hub stops
+        self._disconnected = False
         self._sending = False
         self._last_send = 0.0
+        self._send_to: Send | None = None
+        self._ping: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[Message] | None = None
 
     def close(self) -> None:
         """End this response now (the hub is shutting down)."""
@@ -84,17 +96,33 @@ class SSEResponse(Response):
             await self.chunks.aclose()
             return
         self._task = asyncio.current_task()
-        unregister = self._register(self) if self._register is not None else None
-        watcher = asyncio.create_task(self._watch(receive, send))
+        self._send_to = send
+        if self._tracker is not None:
+            self._tracker.track(self)
+        self._watch(receive)
         try:
-            await self._stream(start, send)
+            # Inline rather than in a helper: a subscriber's stack of frames lives as long as
+            # it does, and there are thousands of subscribers.
+            await self._send(send, start)
+            try:
+                async for chunk in self.chunks:
+                    body: Message = {"type": "http.response.body", "body": chunk, "more_body": True}
+                    await self._send(send, body)
+            finally:
+                await self.chunks.aclose()
+            await self._send(send, {"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if not self._stopping:
                 raise  # cancelled by the server, not by us: let it unwind
-            # The client left, or the hub stops: the generators are closed; we are done.
+            # The client left, or the hub stops: the generators are closed. A client that is
+            # still there gets a proper end of the response.
             current = asyncio.current_task()
             if current is not None:
                 current.uncancel()
+            if not self._disconnected:
+                with contextlib.suppress(Exception, TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await send({"type": "http.response.body", "body": b"", "more_body": False})
         except TimeoutError:
             client = scope.get("client") or ("?", 0)
             logger.warning(
@@ -105,20 +133,13 @@ class SSEResponse(Response):
                 scope.get("query_string", b"").decode(errors="replace"),
             )
         finally:
-            watcher.cancel()
-            if unregister is not None:
-                unregister()
+            watcher, self._watcher = self._watcher, None
+            if watcher is not None:
+                watcher.cancel()
+            if self._tracker is not None:
+                self._tracker.untrack(self)
         if self.background is not None:
             await self.background()
-
-    async def _stream(self, start: Message, send: Send) -> None:
-        await self._send(send, start)
-        async with aclosing(self.chunks) as chunks:
-            async for chunk in chunks:
-                await self._send(
-                    send, {"type": "http.response.body", "body": chunk, "more_body": True}
-                )
-        await self._send(send, {"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _send(self, send: Send, message: Message) -> None:
         self._sending = True
@@ -132,21 +153,38 @@ class SSEResponse(Response):
             self._sending = False
             self._last_send = time.monotonic()
 
-    async def _watch(self, receive: Receive, send: Send) -> None:
-        """Wait for the client to leave; ping when nothing was sent for a ping interval."""
-        interval = self.ping_interval or None
-        while True:
-            try:
-                async with asyncio.timeout(interval):
-                    message = await receive()
-            except TimeoutError:
-                quiet_for = time.monotonic() - self._last_send
-                if not self._sending and quiet_for >= interval - 0.01:  # type: ignore[operator]
-                    await send({"type": "http.response.body", "body": PING, "more_body": True})
-                    self._last_send = time.monotonic()
-                continue
-            if message["type"] == "http.disconnect":
-                if self._task is not None and not self._task.done():
-                    self._stopping = True
-                    self._task.cancel()
-                return
+    def ping(self, quiet_for: float) -> None:
+        """Send a keep-alive comment if nothing was sent for `quiet_for` seconds."""
+        if self._send_to is None or self._sending or self._stopping:
+            return
+        if time.monotonic() - self._last_send >= quiet_for:
+            message: Message = {"type": "http.response.body", "body": PING, "more_body": True}
+            self._ping = asyncio.create_task(self._send(self._send_to, message))
+            self._ping.add_done_callback(_quietly)
+
+    def _watch(self, receive: Receive) -> None:
+        """Wait for the client to leave, then stop the sender.
+
+        A task on uvicorn's `receive` itself, renewed from its callback, rather than a loop
+        of ours around it: one coroutine frame fewer under every subscriber.
+        """
+        self._receive = receive
+        self._watcher = asyncio.ensure_future(receive())
+        self._watcher.add_done_callback(self._received)
+
+    def _received(self, done: asyncio.Task[Message]) -> None:
+        if done.cancelled() or self._watcher is not done:
+            return
+        if done.exception() is None and done.result()["type"] != "http.disconnect":
+            self._watch(self._receive)  # the request's (empty) body: keep listening
+            return
+        self._disconnected = True
+        if self._task is not None and not self._task.done():
+            self._stopping = True
+            self._task.cancel()
+
+
+def _quietly(task: asyncio.Task[None]) -> None:
+    # A ping that timed out or found the connection gone: the sender will notice on its own.
+    if not task.cancelled():
+        task.exception()

@@ -34,7 +34,7 @@ class RequestError(Exception):
         return {"error": {"code": self.code, "message": self.message, **self.details}}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Selected:
     """One stream of a subscription: its definition, validated arguments, and where it resumes."""
 
@@ -50,7 +50,7 @@ class Selected:
         return self.stream.name
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Subscription:
     selected: tuple[Selected, ...]  # sorted by stream name
     # The cursor the subscription resumes from, limited to the selected streams.
@@ -129,8 +129,10 @@ def parse_subscription(
                 for error in exc.errors(include_url=False)
             ]
             continue
-        validated = dict(values)
-        count = validated.pop("count")
+        # Built without `count` rather than copied and popped: a dict never shrinks, and
+        # every subscriber keeps its arguments for as long as it stays.
+        validated = {key: value for key, value in values if key != "count"}
+        count = values.count  # type: ignore[attr-defined]
         after: int | str | None = start.get(definition.name)
         if after is not None and definition.kind == "generated":
             after = int(after)

@@ -13,7 +13,7 @@ that a position from a lost history is recognised and reported as a gap.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 
 from ..cursor import quote_name
@@ -70,7 +70,9 @@ class TopicConfig:
 class BrokerSubscription(ABC):
     """One subscriber's view of one topic: `gap`, then the entries after its position."""
 
-    gap: Gap | None = None
+    # Thousands are alive at once: subclasses declare their fields in __slots__ too.
+    __slots__ = ()
+    gap: Gap | None
 
     def __aiter__(self) -> AsyncIterator[Entry]:
         return self
@@ -78,12 +80,22 @@ class BrokerSubscription(ABC):
     async def __anext__(self) -> Entry:
         return (await self.take(1))[0]
 
-    @abstractmethod
     async def take(self, most: int) -> list[Entry]:
         """The next entries, up to `most`: at least one, all that are ready, in order.
 
         Raises `Overflow` or `Interrupted` once the entries queued before that are taken.
         """
+        while not (batch := self.take_nowait(most)):
+            await self.ready()
+        return batch
+
+    @abstractmethod
+    def take_nowait(self, most: int) -> list[Entry]:
+        """The entries ready now, up to `most`, maybe none; raises as `take` does."""
+
+    @abstractmethod
+    def ready(self) -> Awaitable[None]:
+        """Resolves when `take_nowait` has something to give (or to raise)."""
 
     @abstractmethod
     async def close(self) -> None: ...
