@@ -206,7 +206,6 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         )
         return SSEResponse(
             hub.frames(subscription, preamble=preamble),
-            send_timeout=settings.send_timeout or None,
             tracker=hub,
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from contextlib import aclosing
@@ -29,7 +30,7 @@ class Response(Protocol):
 
     def close(self) -> None: ...
 
-    def ping(self, quiet_for: float) -> None: ...
+    def look_after(self, now: float, ping_interval: float, send_timeout: float) -> None: ...
 
 
 class Hub:
@@ -61,8 +62,9 @@ class Hub:
     async def start(self) -> None:
         await self.broker.start()
         Hub.current = self
-        if self.settings.ping_interval > 0:
-            self._keep_alive = asyncio.create_task(self._ping_quiet_responses())
+        checks = [t / 2 for t in (self.settings.ping_interval, self.settings.send_timeout) if t]
+        if checks:
+            self._keep_alive = asyncio.create_task(self._look_after_responses(min(checks)))
         for definition in self.topics.values():
             if definition.producer is not None and definition.eager:
                 self.producers.acquire(definition)
@@ -79,14 +81,16 @@ class Hub:
         for response in list(self._responses):
             response.close()
 
-    async def _ping_quiet_responses(self) -> None:
-        # One task pings every connection that was quiet for an interval (checked twice an
-        # interval, so none is quiet for more than one and a half), instead of a timer each.
-        interval = self.settings.ping_interval
+    async def _look_after_responses(self, every: float) -> None:
+        # One task for all connections instead of timers in each: it pings the quiet ones and
+        # cuts off the ones stuck in a send. Run every half of the shorter interval, so that
+        # none waits more than one and a half intervals for either.
+        ping_interval, send_timeout = self.settings.ping_interval, self.settings.send_timeout
         while True:
-            await asyncio.sleep(interval / 2)
+            await asyncio.sleep(every)
+            now = time.monotonic()
             for response in list(self._responses):
-                response.ping(quiet_for=interval)
+                response.look_after(now, ping_interval, send_timeout)
 
     async def stop(self) -> None:
         if self._keep_alive is not None:

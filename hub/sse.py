@@ -7,7 +7,9 @@ showed to dominate:
 - two tasks per connection: the request's own, which sends, and a watcher, which waits for
   the client to leave (uvicorn's `send` ignores a departed client, so only `receive` tells);
 - keep-alive pings come from one task for all connections (`Hub`), which pings the quiet ones;
-- the send timeout is one timer per batch, not an anyio cancel scope per frame.
+- the send timeout costs no timer at all: each send notes when it started, and the hub's one
+  task that visits every response for pings also cuts off any stuck in a send for too long
+  (a timer per send was a fifth of the fan-out's CPU).
 
 A client that leaves cancels the sending task; the frames generator is closed and with it every
 source. On shutdown the hub closes every open response the same way, so `hub serve` stops
@@ -59,16 +61,12 @@ class SSEResponse(Response):
         self,
         chunks: AsyncGenerator[bytes, None],
         *,
-        send_timeout: float | None = 10.0,
         headers: dict[str, str] | None = None,
         tracker: Tracker | None = None,
     ) -> None:
-        if send_timeout is not None and send_timeout <= 0:
-            raise ValueError(f"send_timeout must be > 0 or None, got {send_timeout}")
         self.chunks = chunks
         self.status_code = 200
         self.background: BackgroundTask | None = None
-        self.send_timeout = send_timeout
         self.raw_headers = _HEADERS + [
             (key.lower().encode(), value.encode()) for key, value in (headers or {}).items()
         ]
@@ -76,17 +74,16 @@ class SSEResponse(Response):
         self._task: asyncio.Task[None] | None = None
         self._stopping = False  # we cancelled the sender: client gone, or the hub stops
         self._disconnected = False
-        self._sending = False
+        self._sending_since: float | None = None  # when the send under way began
         self._last_send = 0.0
+        self._cut_off: float | None = None  # how long the send was stuck, if we cut it
         self._send_to: Send | None = None
         self._ping: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[Message] | None = None
 
     def close(self) -> None:
         """End this response now (the hub is shutting down)."""
-        if self._task is not None and not self._stopping:
-            self._stopping = True
-            self._task.cancel()
+        self._stop()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         start: Message = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
@@ -114,24 +111,24 @@ class SSEResponse(Response):
         except asyncio.CancelledError:
             if not self._stopping:
                 raise  # cancelled by the server, not by us: let it unwind
-            # The client left, or the hub stops: the generators are closed. A client that is
-            # still there gets a proper end of the response.
             current = asyncio.current_task()
             if current is not None:
                 current.uncancel()
-            if not self._disconnected:
+            if self._cut_off is not None:
+                client = scope.get("client") or ("?", 0)
+                logger.warning(
+                    "cut off %s:%s: it accepted no frame for %.1f s (%s)",
+                    client[0],
+                    client[1],
+                    self._cut_off,
+                    scope.get("query_string", b"").decode(errors="replace"),
+                )
+            elif not self._disconnected:
+                # The hub stops: the generators are closed, and a client that is still there
+                # gets a proper end of the response.
                 with contextlib.suppress(Exception, TimeoutError):
                     async with asyncio.timeout(1.0):
                         await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except TimeoutError:
-            client = scope.get("client") or ("?", 0)
-            logger.warning(
-                "cut off %s:%s: it accepted no frame for %s s (%s)",
-                client[0],
-                client[1],
-                self.send_timeout,
-                scope.get("query_string", b"").decode(errors="replace"),
-            )
         finally:
             watcher, self._watcher = self._watcher, None
             if watcher is not None:
@@ -142,25 +139,33 @@ class SSEResponse(Response):
             await self.background()
 
     async def _send(self, send: Send, message: Message) -> None:
-        self._sending = True
+        self._sending_since = time.monotonic()
         try:
-            if self.send_timeout is None:
-                await send(message)
-            else:
-                async with asyncio.timeout(self.send_timeout):
-                    await send(message)
+            await send(message)
         finally:
-            self._sending = False
+            self._sending_since = None
             self._last_send = time.monotonic()
 
-    def ping(self, quiet_for: float) -> None:
-        """Send a keep-alive comment if nothing was sent for `quiet_for` seconds."""
-        if self._send_to is None or self._sending or self._stopping:
+    def look_after(self, now: float, ping_interval: float, send_timeout: float) -> None:
+        """Cut the connection off if a send is stuck for `send_timeout` seconds; else ping it
+        if nothing was sent for `ping_interval`. Either check is off at 0."""
+        if self._send_to is None or self._stopping:
             return
-        if time.monotonic() - self._last_send >= quiet_for:
+        since = self._sending_since
+        if since is not None:
+            if send_timeout and now - since >= send_timeout:
+                self._cut_off = now - since
+                self._stop()
+            return
+        if ping_interval and now - self._last_send >= ping_interval:
             message: Message = {"type": "http.response.body", "body": PING, "more_body": True}
             self._ping = asyncio.create_task(self._send(self._send_to, message))
             self._ping.add_done_callback(_quietly)
+
+    def _stop(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._stopping = True
+            self._task.cancel()
 
     def _watch(self, receive: Receive) -> None:
         """Wait for the client to leave, then stop the sender.
@@ -179,9 +184,7 @@ class SSEResponse(Response):
             self._watch(self._receive)  # the request's (empty) body: keep listening
             return
         self._disconnected = True
-        if self._task is not None and not self._task.done():
-            self._stopping = True
-            self._task.cancel()
+        self._stop()
 
 
 def _quietly(task: asyncio.Task[None]) -> None:
