@@ -108,6 +108,8 @@ async def frames(
 
 def _encode(batch: Batch, writer: CursorWriter, solo: bool) -> tuple[bytes, bool]:
     """One chunk of frames for a batch, and whether it ends the response."""
+    if solo and len(batch) == 1 and batch[0][3] is not None:
+        return batch[0][3], False  # the fan-out case: one topic event, its shared frame
     out = []
     for index, position, body, solo_frame in batch:
         if position is None:

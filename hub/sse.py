@@ -103,8 +103,11 @@ class SSEResponse(Response):
             await self._send(send, start)
             try:
                 async for chunk in self.chunks:
-                    body: Message = {"type": "http.response.body", "body": chunk, "more_body": True}
-                    await self._send(send, body)
+                    # _send inlined: this runs once per event per subscriber on fan-out.
+                    self._sending_since = time.monotonic()
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    self._last_send = time.monotonic()
+                    self._sending_since = None
             finally:
                 await self.chunks.aclose()
             await self._send(send, {"type": "http.response.body", "body": b"", "more_body": False})
