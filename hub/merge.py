@@ -121,7 +121,7 @@ def _encode(batch: Batch, writer: CursorWriter, solo: bool) -> tuple[bytes, bool
             out.append(solo_frame)
         else:
             # Cursors hold no line break (names and positions are checked), so no escaping.
-            out.append(b"id: " + writer.advance(index, position).encode() + b"\n" + body)
+            out += (b"id: ", writer.advance(index, position).encode(), b"\n", body)
     return b"".join(out), False
 
 
@@ -293,13 +293,14 @@ async def _generated(
         made = 0
         async with aclosing(definition.open(selected.arguments, after)) as events:
             async for event in events:
-                if not isinstance(event, model):
+                if type(event) is not model and not isinstance(event, model):
                     raise TypeError(
                         f"stream {name!r} yielded {type(event).__name__}, expected {model.__name__}"
                     )
                 position += 1
                 ready.append((index, str(position), encode_event(prefix, event), None))
-                wake()
+                if waiting:
+                    wake()
                 made += 1
                 if made == limit:
                     return

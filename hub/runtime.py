@@ -172,6 +172,10 @@ class Hub:
                 errors.append(
                     {"index": index, "field": field, "message": "set by the hub; leave it out"}
                 )
+            for field in sorted(set(event) - set(model.model_fields)):
+                errors.append(
+                    {"index": index, "field": field, "message": "not a field of the event"}
+                )
             try:
                 validated.append(model.model_validate(dict(event)))
             except ValidationError as exc:
