@@ -479,3 +479,17 @@ def test_cors_lets_named_origins_subscribe_and_no_others() -> None:
         )
         assert preflight.status_code == 200
         assert "last-event-id" in preflight.headers["access-control-allow-headers"].lower()
+
+
+def test_head_gives_the_headers_and_ends(hub_server: HubServer) -> None:
+    response = httpx.head(hub_server.url + "/events?streams=echo", timeout=TIMEOUT)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.content == b""
+    assert get(hub_server, "/health").json()["open_streams"] == 0  # nothing was opened
+
+
+def test_options_without_cors_says_what_is_allowed(hub_server: HubServer) -> None:
+    response = httpx.options(hub_server.url + "/events", timeout=TIMEOUT)
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, HEAD"
