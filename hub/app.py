@@ -204,10 +204,9 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             max_streams=settings.max_streams,
             check_position=hub.broker.check_position,
         )
-        return SSEResponse(
-            hub.frames(subscription, preamble=preamble),
-            tracker=hub,
-        )
+        response = SSEResponse(tracker=hub)
+        response.chunks = hub.frames(subscription, preamble=preamble, direct=response.send_now)
+        return response
 
     @app.get(
         "/events",

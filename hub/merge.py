@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -69,10 +69,18 @@ class Activity:
 
 
 async def frames(
-    subscription: Subscription, hub: Hub, preamble: bytes = b""
+    subscription: Subscription,
+    hub: Hub,
+    preamble: bytes = b"",
+    direct: Callable[[bytes], bool] | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """The SSE frames of a subscription, a chunk per batch: each event with the cursor after it
-    as its id. `preamble` (the retry hint) goes first, before anything is opened."""
+    as its id. `preamble` (the retry hint) goes first, before anything is opened.
+
+    `direct` sends frames on the subscriber's connection at once (`SSEResponse.send_now`):
+    a subscription to one topic alone lets the broker deliver through it while nothing is
+    queued, so that its own task need not wake for each event.
+    """
     if preamble:
         yield preamble
     activity = hub.activity
@@ -83,11 +91,11 @@ async def frames(
         if isinstance(selected.stream, Topic) and start.get(selected.name) is None:
             start[selected.name] = await hub.broker.last_position(selected.name)
     writer = CursorWriter(subscription.names, start)
+    solo = len(subscription.selected) == 1
     sources = [
-        _source(index, selected, start.get(selected.name), hub)
+        _source(index, selected, start.get(selected.name), hub, direct if solo else None)
         for index, selected in enumerate(subscription.selected)
     ]
-    solo = len(sources) == 1
     batches: AbstractAsyncContextManager[AsyncIterator[Batch], Any]
     if solo:
         batches = aclosing(sources[0])
@@ -190,7 +198,11 @@ async def _taking_turns(
 
 
 async def _source(
-    index: int, selected: Selected, start: str | None, hub: Hub
+    index: int,
+    selected: Selected,
+    start: str | None,
+    hub: Hub,
+    direct: Callable[[bytes], bool] | None = None,
 ) -> AsyncGenerator[Batch, None]:
     """One selected stream's batches, `count` events at most, its failure made an event."""
     name = selected.name
@@ -214,6 +226,8 @@ async def _source(
                         "gap", stream=name, requested=gap.requested, resumed_from=gap.resumed_from
                     )
                     yield [(index, None, body, None)]
+                if direct is not None and remaining is None:
+                    subscription.direct = direct  # after the gap: nothing may overtake it
                 while True:
                     # A bare future to wait on, not a coroutine: one frame fewer per idle
                     # subscriber.
@@ -228,6 +242,7 @@ async def _source(
                     if remaining == 0:
                         return
             finally:
+                subscription.direct = None
                 await subscription.close()
                 if definition.producer is not None:
                     hub.producers.release(definition)

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from contextlib import aclosing
 from types import TracebackType
 from typing import Any, ClassVar, Protocol
@@ -114,11 +114,15 @@ class Hub:
         await self.stop()
 
     def frames(
-        self, subscription: Subscription, *, preamble: bytes = b""
+        self,
+        subscription: Subscription,
+        *,
+        preamble: bytes = b"",
+        direct: Callable[[bytes], bool] | None = None,
     ) -> AsyncGenerator[bytes, None]:
         """The subscription's frames, after `preamble`; close it (`contextlib.aclosing`) to
-        end it promptly."""
-        return frames(subscription, self, preamble)
+        end it promptly. `direct`: see `hub.merge.frames`."""
+        return frames(subscription, self, preamble, direct)
 
     async def publish(self, name: str, events: Iterable[Event | Mapping[str, Any]]) -> list[Entry]:
         """Validate and publish events to the topic `name`, in order, all or none.

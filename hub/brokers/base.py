@@ -13,7 +13,7 @@ that a position from a lost history is recognised and reported as a gap.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from ..cursor import quote_name
@@ -71,8 +71,11 @@ class BrokerSubscription(ABC):
     """One subscriber's view of one topic: `gap`, then the entries after its position."""
 
     # Thousands are alive at once: subclasses declare their fields in __slots__ too.
-    __slots__ = ()
+    __slots__ = ("direct",)
     gap: Gap | None
+    # Set by a subscriber of this topic alone: called with the frames of new entries when
+    # nothing is queued; True if it sent them itself, so they need not be queued at all.
+    direct: Callable[[bytes], bool] | None
 
     def __aiter__(self) -> AsyncIterator[Entry]:
         return self

@@ -12,7 +12,7 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import islice
 
 from .base import Broker, BrokerSubscription, Entry, Gap, Interrupted, Overflow, TopicConfig
@@ -35,12 +35,20 @@ class _Reader(BrokerSubscription):
         self._waiter: asyncio.Future[None] | None = None
         self._error: Exception | None = None
         self.gap = gap
+        self.direct: Callable[[bytes], bool] | None = None
 
     @property
     def buffered(self) -> int:
         return len(self._live)
 
     def push(self, entries: Sequence[Entry]) -> None:
+        direct = self.direct
+        if direct is not None and not self._live and not self._replay:
+            # Nothing waits before these: hand them to the subscriber's connection now,
+            # without waking its task (the shared one-stream frames, encoded once).
+            frames = entries[0].solo if len(entries) == 1 else b"".join(e.solo for e in entries)
+            if direct(frames):
+                return
         # Behind means a full queue when more arrives. A reader that keeps up takes a whole
         # batch, however large; the queue stays under the limit plus one batch (a batch is
         # bounded by the publish body limit).
