@@ -106,6 +106,12 @@ class SSEResponse(Response):
             await self._send(send, start)
             try:
                 async for chunk in self.chunks:
+                    finishing = self._finishing
+                    if finishing is not None and not finishing.done():
+                        # One send at a time: a direct one still under way goes first, and
+                        # the send timeout keeps watching whichever is in flight. (If it
+                        # failed, it has already stopped this response.)
+                        await asyncio.wait((finishing,))
                     # _send inlined: this runs once per event per subscriber on fan-out.
                     self._sending_since = time.monotonic()
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
