@@ -65,7 +65,9 @@ def _parser() -> argparse.ArgumentParser:
         "--max-publish-bytes", type=int, help="largest POST body accepted (default 1048576)"
     )
     serve.add_argument(
-        "--ping-interval", type=float, help="seconds of quiet before a keep-alive ping (default 15, 0 = off)"
+        "--ping-interval",
+        type=float,
+        help="seconds of quiet before a keep-alive ping (default 15, 0 = off)",
     )
     serve.add_argument(
         "--retry", type=int, help="reconnection delay hinted to clients, ms (default 3000)"
