@@ -1,4 +1,4 @@
-"""Brokers, chosen by URL: `memory://` (embedded, the default) or, later, `redis://`."""
+"""Brokers, chosen by URL: `memory://` (embedded, the default) or `redis://` (Redis Streams)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ __all__ = [
     "broker_from_url",
 ]
 
-SCHEMES = ("memory",)
+SCHEMES = ("memory", "redis", "rediss")
 
 
 def broker_from_url(url: str) -> Broker:
@@ -26,6 +26,10 @@ def broker_from_url(url: str) -> Broker:
         from .memory import MemoryBroker
 
         return MemoryBroker(url)
+    if scheme in ("redis", "rediss"):
+        from .redis import RedisBroker
+
+        return RedisBroker(url)
     raise ValueError(
         f"unsupported broker URL {url!r}: use one of {', '.join(s + '://' for s in SCHEMES)}"
     )

@@ -7,95 +7,19 @@ and answered with a gap rather than taken for a position in today's history.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from itertools import islice
 
-from .base import Broker, BrokerSubscription, Entry, Gap, Interrupted, Overflow, TopicConfig
+from ._fanout import Reader
+from .base import Broker, BrokerSubscription, Entry, Gap, Interrupted, TopicConfig
 
 __all__ = ["MemoryBroker"]
 
 _POSITION = re.compile(r"([a-z0-9]{1,16})\.(\d{1,18})")
-
-
-class _Reader(BrokerSubscription):
-    __slots__ = ("_topic", "_replay", "_live", "_limit", "_waiter", "_error", "gap")
-
-    def __init__(self, topic: _Topic, replay: list[Entry], limit: int, gap: Gap | None) -> None:
-        self._topic = topic
-        # Lists, not deques: an idle subscriber's queues are empty, and an empty deque
-        # weighs 760 bytes where an empty list weighs 56. Takes are whole batches anyway.
-        self._replay = replay
-        self._live: list[Entry] = []
-        self._limit = limit
-        self._waiter: asyncio.Future[None] | None = None
-        self._error: Exception | None = None
-        self.gap = gap
-        self.direct: Callable[[bytes], bool] | None = None
-
-    @property
-    def buffered(self) -> int:
-        return len(self._live)
-
-    def push(self, entries: Sequence[Entry]) -> None:
-        direct = self.direct
-        if direct is not None and not self._live and not self._replay:
-            # Nothing waits before these: hand them to the subscriber's connection now,
-            # without waking its task (the shared one-stream frames, encoded once).
-            frames = entries[0].solo if len(entries) == 1 else b"".join(e.solo for e in entries)
-            if direct(frames):
-                return
-        # Behind means a full queue when more arrives. A reader that keeps up takes a whole
-        # batch, however large; the queue stays under the limit plus one batch (a batch is
-        # bounded by the publish body limit).
-        if len(self._live) >= self._limit:
-            self.fail(Overflow(f"{len(self._live)} events were waiting for this subscriber"))
-            return
-        self._live.extend(entries)
-        self._wake()
-
-    def fail(self, error: Exception, *, keep_backlog: bool = False) -> None:
-        if not keep_backlog:
-            self._live = []  # the subscriber resumes from history; free its backlog now
-        self._error = error
-        self._topic.readers.discard(self)
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def take_nowait(self, most: int) -> list[Entry]:
-        if self._replay:
-            batch, self._replay = self._replay[:most], self._replay[most:]
-            return batch
-        if not self._live:
-            if self._error is not None:
-                raise self._error
-            return []
-        if len(self._live) <= most:
-            batch, self._live = self._live, []
-            return batch
-        batch, self._live = self._live[:most], self._live[most:]
-        return batch
-
-    def ready(self) -> asyncio.Future[None]:
-        waiter = self._waiter
-        if waiter is None or waiter.done():
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
-            if self._live or self._replay or self._error is not None:
-                waiter.set_result(None)
-        return waiter
-
-    async def close(self) -> None:
-        self._topic.readers.discard(self)
-        self._live = []
-        self._replay = []
 
 
 class _Topic:
@@ -107,7 +31,7 @@ class _Topic:
         self.entries: deque[Entry] = deque()
         self.stamps: deque[float] = deque()  # monotonic publish times, for age bounds
         self.seq = 0  # of the newest event
-        self.readers: set[_Reader] = set()
+        self.readers: set[Reader] = set()
 
     def trim(self) -> None:
         while len(self.entries) > self.config.history:
@@ -198,7 +122,7 @@ class MemoryBroker(Broker):
             replay = list(islice(state.entries, skip, None))
         # No await between reading the history and registering: nothing published in
         # between can be missed or seen twice.
-        reader = _Reader(state, replay, buffer, gap)
+        reader = Reader(state, replay, buffer, gap)
         state.readers.add(reader)
         return reader
 

@@ -1,0 +1,196 @@
+"""Topics in Redis Streams, shared by every hub process that points at the same Redis.
+
+A topic is the stream `<prefix>topic:<name>`; publishing is `XADD` with an approximate
+`MAXLEN` from the topic's history; a position is the Redis entry id (`1700000000000-0`), valid
+in every process. Each process reads each topic it has subscribers for once, with a blocking
+`XREAD` (a *feed*), and fans the entries out to its local readers: never a Redis read per
+subscriber. A feed starts with its topic's first local subscriber and stops after the last.
+
+Resume: a new subscriber is registered with the feed first, then reads its replay with
+`XRANGE` after its position; live entries the replay already holds are dropped, so the seam
+has no gap and no duplicate. A position older than the first retained entry of a stream that
+was trimmed makes a gap.
+
+Needs the `redis` extra (`pip install 'hub[redis]'`). The URL's query may name the key
+prefix: `redis://127.0.0.1:6379/0?prefix=myhub:` (default `hub:`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from ._fanout import Reader
+from .base import Broker, BrokerSubscription, Entry, Gap, Interrupted, TopicConfig
+
+__all__ = ["RedisBroker"]
+
+logger = logging.getLogger("hub")
+
+_POSITION = re.compile(r"(\d{1,20})-(\d{1,20})")
+_FIELD = b"d"  # the event's JSON, the only field of an entry
+_BLOCK_MS = 1000  # how long one XREAD waits; also how soon a feed notices it is unneeded
+
+
+def _order(position: str) -> tuple[int, int]:
+    ms, _, seq = position.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class _Feed:
+    """One topic's reader in this process: XREAD in a loop, entries pushed to local readers."""
+
+    def __init__(self, broker: RedisBroker, topic: str) -> None:
+        self.broker = broker
+        self.topic = topic
+        self.after = "0-0"  # the last id read
+        self.readers: set[Reader] = set()
+        # Made synchronously, so that two subscribers arriving together share one feed; where
+        # it starts reading is known once `started` is done.
+        self.started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.task = asyncio.create_task(self._run(), name=f"hub redis feed {topic}")
+
+    async def _run(self) -> None:
+        key = self.broker.key(self.topic)
+        client = self.broker.client
+        try:
+            self.after = await self.broker.last_position(self.topic)
+            self.started.set_result(None)
+            while self.readers:
+                reply = await client.xread({key: self.after}, block=_BLOCK_MS, count=1000)
+                for _, items in reply or ():
+                    entries = [
+                        Entry.encode(self.topic, entry_id.decode(), fields[_FIELD].decode())
+                        for entry_id, fields in items
+                    ]
+                    self.after = entries[-1].position
+                    for reader in list(self.readers):
+                        reader.push(entries)
+        except Exception as exc:
+            logger.exception("reading topic %r from Redis failed", self.topic)
+            if not self.started.done():
+                self.started.set_exception(exc)
+            for reader in list(self.readers):
+                reader.fail(Interrupted(f"the Redis broker failed: {exc}"), keep_backlog=True)
+        finally:
+            self.broker.feed_ended(self)
+
+
+class RedisBroker(Broker):
+    def __init__(self, url: str) -> None:
+        try:
+            import redis.asyncio as redis
+        except ImportError:  # pragma: no cover - depends on the installation
+            raise ValueError(
+                "the redis:// broker needs redis-py: pip install 'hub[redis]'"
+            ) from None
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        self.prefix = query.pop("prefix", "hub:")
+        self.url = url
+        self.client: Any = redis.from_url(urlunsplit(parts._replace(query=urlencode(query))))
+        self._configs: dict[str, TopicConfig] = {}
+        self._feeds: dict[str, _Feed] = {}
+
+    def key(self, topic: str) -> str:
+        return f"{self.prefix}topic:{topic}"
+
+    def declare(self, topic: str, config: TopicConfig) -> None:
+        self._configs[topic] = config
+
+    async def start(self) -> None:
+        try:
+            await self.client.ping()
+        except Exception as exc:
+            raise ConnectionError(f"cannot reach the Redis broker at {self.url}: {exc}") from exc
+
+    async def close(self) -> None:
+        feeds = list(self._feeds.values())
+        self._feeds.clear()
+        for feed in feeds:
+            feed.task.cancel()
+        await asyncio.gather(*(feed.task for feed in feeds), return_exceptions=True)
+        await self.client.aclose()
+
+    def check_position(self, position: str) -> None:
+        if not _POSITION.fullmatch(position):
+            raise ValueError(
+                "expected a Redis stream id as this hub's ids give it, e.g. '1700000000000-0'"
+            )
+
+    async def last_position(self, topic: str) -> str:
+        newest = await self.client.xrevrange(self.key(topic), count=1)
+        return newest[0][0].decode() if newest else "0-0"
+
+    async def bounds(self, topic: str) -> tuple[str, str] | None:
+        oldest = await self.client.xrange(self.key(topic), count=1)
+        if not oldest:
+            return None
+        return oldest[0][0].decode(), await self.last_position(topic)
+
+    async def publish(self, topic: str, data: Sequence[str]) -> list[Entry]:
+        history = self._configs.get(topic, TopicConfig()).history
+        async with self.client.pipeline(transaction=True) as pipe:
+            for item in data:
+                pipe.xadd(self.key(topic), {_FIELD: item}, maxlen=max(history, 1), approximate=True)
+            ids = await pipe.execute()
+        return [
+            Entry.encode(topic, entry_id.decode(), item)
+            for entry_id, item in zip(ids, data, strict=True)
+        ]
+
+    async def subscribe(self, topic: str, after: str, buffer: int) -> BrokerSubscription:
+        feed = self._feeds.get(topic)
+        if feed is None or feed.task.done():
+            feed = self._feeds[topic] = _Feed(self, topic)
+        reader = Reader(feed, [], buffer, None)
+        feed.readers.add(reader)  # first: what is published from now on reaches it
+        try:
+            await asyncio.shield(feed.started)
+            items = await self.client.xrange(self.key(topic), min=f"({after}", max="+")
+        except BaseException:
+            await reader.close()
+            raise
+        replay = [
+            Entry.encode(topic, entry_id.decode(), fields[_FIELD].decode())
+            for entry_id, fields in items
+        ]
+        newest = _order(replay[-1].position) if replay else _order(after)
+        reader.replay(replay, lambda entry: _order(entry.position) <= newest)
+        reader.gap = await self._gap(topic, after, replay)
+        return reader
+
+    async def _gap(self, topic: str, after: str, replay: list[Entry]) -> Gap | None:
+        """A gap if the stream was trimmed past `after`: its first retained entry is newer and
+        entries were ever dropped. (A position that was itself the last entry trimmed also
+        reports a gap, though nothing after it is missing: never a silent skip.)"""
+        try:
+            info = await self.client.xinfo_stream(self.key(topic))
+        except Exception:  # no such stream yet: nothing was ever trimmed
+            return None
+        if int(info.get("entries-added", 0)) <= int(info.get("length", 0)):
+            return None  # nothing ever dropped
+        first = info.get("first-entry")
+        if not first:
+            return None
+        first_id = first[0].decode() if isinstance(first[0], bytes) else str(first[0])
+        if _order(first_id) <= _order(after):
+            return None
+        return Gap(after, replay[0].position if replay else first_id)
+
+    def feed_ended(self, feed: _Feed) -> None:
+        if self._feeds.get(feed.topic) is feed:
+            del self._feeds[feed.topic]
+
+    def interrupt(self, topic: str, reason: str | None) -> None:
+        feed = self._feeds.get(topic)
+        for reader in list(feed.readers if feed else ()):
+            reader.fail(Interrupted(reason), keep_backlog=True)
+
+    def buffered(self) -> tuple[int, int]:
+        sizes = [reader.buffered for feed in self._feeds.values() for reader in feed.readers]
+        return sum(sizes), max(sizes, default=0)

@@ -1,0 +1,173 @@
+"""The redis:// broker against a real redis-server: ids as positions, one feed per topic per
+process, the replay/live seam, gaps after trimming, and two hub processes sharing a topic."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from support import TIMEOUT, read_events
+
+from hub.brokers import TopicConfig, broker_from_url
+from hub.brokers.redis import RedisBroker
+from hub.testing import HubServer
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[str]:
+    """REDIS_URL if set; else a throwaway redis-server on a free port, stopped afterwards."""
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is needed: install it (Debian: apt-get install redis-server)"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:  # wait for it to say it is ready, not for a timer
+        if "Ready to accept connections" in line:
+            break
+    yield f"redis://127.0.0.1:{port}/0"
+    process.terminate()
+    process.wait(10)
+    process.stdout.close()
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> str:
+    """The server's URL with a key prefix of this test's own."""
+    return f"{redis_server}?prefix=test-{uuid.uuid4().hex[:8]}:"
+
+
+async def started(url: str, history: int = 1000) -> RedisBroker:
+    broker = broker_from_url(url)
+    assert isinstance(broker, RedisBroker)
+    broker.declare("t", TopicConfig(history=history))
+    await broker.start()
+    return broker
+
+
+def data(entries: list) -> list[int]:  # type: ignore[type-arg]
+    return [json.loads(e.body.split(b"data: ", 1)[1]) for e in entries]
+
+
+@pytest.mark.anyio
+async def test_positions_are_redis_ids_and_live_entries_arrive_in_order(redis_url: str) -> None:
+    broker = await started(redis_url)
+    try:
+        start = await broker.last_position("t")
+        assert start == "0-0"
+        reader = await broker.subscribe("t", start, 100)
+        published = await broker.publish("t", ["1", "2", "3"])
+        for entry in published:
+            broker.check_position(entry.position)
+        assert [e.solo for e in published] == [
+            f"id: t:{e.position}\nevent: t\ndata: {n}\n\n".encode()
+            for e, n in zip(published, (1, 2, 3), strict=True)
+        ]
+        got: list = []  # type: ignore[type-arg]
+        while len(got) < 3:
+            got += await asyncio.wait_for(reader.take(10), 5)
+        assert [e.position for e in got] == [e.position for e in published]
+        with pytest.raises(ValueError, match="Redis stream id"):
+            broker.check_position("abc.1")
+    finally:
+        await broker.close()
+
+
+@pytest.mark.anyio
+async def test_resume_replays_then_goes_live_with_no_gap_or_duplicate(redis_url: str) -> None:
+    broker, publisher = await started(redis_url), await started(redis_url)
+    try:
+        first = await publisher.publish("t", [str(n) for n in range(5)])
+        total = 200
+
+        async def race() -> None:  # publishes while the subscriber registers and replays
+            for n in range(5, total):
+                await publisher.publish("t", [str(n)])
+
+        racing = asyncio.create_task(race())
+        reader = await broker.subscribe("t", first[1].position, 1000)
+        await racing
+        got: list = []  # type: ignore[type-arg]
+        while len(got) < total - 2:
+            got += await asyncio.wait_for(reader.take(1000), 5)
+        assert data(got) == list(range(2, total))
+        assert reader.gap is None
+    finally:
+        await broker.close()
+        await publisher.close()
+
+
+@pytest.mark.anyio
+async def test_a_gap_when_entries_after_the_position_were_trimmed(redis_url: str) -> None:
+    broker = await started(redis_url, history=10)
+    try:
+        # MAXLEN is approximate: Redis trims whole nodes of 100, so publish well past that.
+        published = await broker.publish("t", [str(n) for n in range(300)])
+        reader = await broker.subscribe("t", published[0].position, 1000)
+        assert reader.gap is not None
+        assert reader.gap.requested == published[0].position
+        retained = await reader.take(1000)
+        assert reader.gap.resumed_from == retained[0].position
+        assert data(retained) == list(range(data(retained)[0], 300))  # all kept, in order
+        assert data(retained)[0] > 1
+    finally:
+        await broker.close()
+
+
+@pytest.mark.anyio
+async def test_one_feed_per_topic_per_process_stopping_after_the_last(redis_url: str) -> None:
+    broker = await started(redis_url)
+    try:
+        start = await broker.last_position("t")
+        readers = await asyncio.gather(*(broker.subscribe("t", start, 100) for _ in range(5)))
+        assert len(broker._feeds) == 1  # one XREAD loop for five subscribers
+        feed = broker._feeds["t"]
+        await broker.publish("t", ["7"])
+        for reader in readers:
+            assert data(await asyncio.wait_for(reader.take(10), 5)) == [7]
+        for reader in readers:
+            await reader.close()
+        await asyncio.wait_for(feed.task, 5)  # its XREAD times out, finds nobody, ends
+        assert broker._feeds == {}
+    finally:
+        await broker.close()
+
+
+def test_two_hub_processes_share_a_topic_and_resume_across_them(redis_url: str) -> None:
+    args = ["--broker", redis_url]
+    with HubServer(args=args) as one, HubServer(args=args) as two:
+        posted = httpx.post(
+            one.url + "/streams/chat/events",
+            json={"user": "ana", "text": "hi"},
+            timeout=TIMEOUT,
+        ).json()
+        seen = read_events(
+            two, {"streams": "chat", "count": 1}, headers={"Last-Event-ID": "chat:0-0"}
+        )
+        assert json.loads(seen[0].data)["text"] == "hi"
+        assert seen[0].id == posted["ids"][0]  # one id, valid on every process
+        for text in ("one", "two"):
+            httpx.post(
+                two.url + "/streams/chat/events", json={"user": "bo", "text": text}, timeout=TIMEOUT
+            )
+        resumed = read_events(
+            one, {"streams": "chat", "count": 2}, headers={"Last-Event-ID": seen[0].id}
+        )
+        assert [json.loads(e.data)["text"] for e in resumed] == ["one", "two"]
