@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import __version__
+from .brokers import BrokerUnavailable
 from .cursor import quote_name
 from .events import encode_retry
 from .registry import Definition, Registry, Topic
@@ -256,6 +257,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             404: _ERRORS[404],
             405: {"model": ErrorBody, "description": "not a topic that accepts events"},
             413: {"model": ErrorBody, "description": "the body is over the size limit"},
+            503: {"model": ErrorBody, "description": "the broker cannot be reached; retry"},
             422: {"model": ErrorBody, "description": "events that do not fit the model, named"},
         },
         openapi_extra={
@@ -269,7 +271,10 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         definition = hub.publishable(name)
         payload = await _read_json(request, settings.max_publish_bytes)
         events = hub.validate(definition, payload if isinstance(payload, list) else [payload])
-        entries = await hub.broker.publish(name, [e.model_dump_json() for e in events])
+        try:
+            entries = await hub.broker.publish(name, [e.model_dump_json() for e in events])
+        except BrokerUnavailable as exc:
+            raise RequestError(503, "broker_unavailable", str(exc)) from None
         positions = [entry.position for entry in entries]
         return Published(positions=positions, ids=[f"{quote_name(name)}:{p}" for p in positions])
 

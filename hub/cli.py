@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from . import __version__
+from .brokers import BrokerUnavailable, broker_from_url
 from .registry import PluginError, Registry
 from .settings import Settings, SettingsError
 
@@ -106,12 +107,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         registry = Registry.discover(
             settings.streams, builtin=settings.builtin_streams, entry_points=settings.entry_points
         )
-    except (SettingsError, PluginError) as exc:
+        if args.command == "serve":
+            asyncio.run(_reach(settings.broker))
+    except (SettingsError, PluginError, ValueError, BrokerUnavailable) as exc:
         print(f"hub: error: {exc}", file=sys.stderr)
         return 2
     if args.command == "streams":
         return _print_catalog(registry, as_json=args.json)
     return _serve(settings, registry, reload=args.reload)
+
+
+async def _reach(url: str) -> None:
+    """Fail now, with a clear message, if the broker cannot be reached."""
+    broker = broker_from_url(url)
+    try:
+        await broker.start()
+    finally:
+        await broker.close()
 
 
 def _serve(settings: Settings, registry: Registry, *, reload: bool) -> int:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from aiostream import stream as ops
 
-from .brokers import Interrupted, Overflow
+from .brokers import BrokerUnavailable, Interrupted, Overflow
 from .cursor import CursorWriter
 from .events import control_body, encode_event, event_prefix
 from .registry import Stream, Topic
@@ -85,11 +85,18 @@ async def frames(
         yield preamble
     activity = hub.activity
     start = dict(subscription.start)
-    for selected in subscription.selected:
-        # Without a cursor a topic starts live; naming where "live" begins makes the first id
-        # an exact resume point, and replays whatever is published while we set up.
-        if isinstance(selected.stream, Topic) and start.get(selected.name) is None:
-            start[selected.name] = await hub.broker.last_position(selected.name)
+    try:
+        for selected in subscription.selected:
+            # Without a cursor a topic starts live; naming where "live" begins makes the first
+            # id an exact resume point, and replays whatever is published while we set up.
+            if isinstance(selected.stream, Topic) and start.get(selected.name) is None:
+                start[selected.name] = await hub.broker.last_position(selected.name)
+    except BrokerUnavailable as exc:
+        # Say so for every topic, and end: the client reconnects, and resumes once it is back.
+        for selected in subscription.selected:
+            if isinstance(selected.stream, Topic):
+                yield control_body("error", stream=selected.name, error=str(exc))
+        return
     writer = CursorWriter(subscription.names, start)
     solo = len(subscription.selected) == 1
     sources = [

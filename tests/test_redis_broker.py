@@ -171,3 +171,68 @@ def test_two_hub_processes_share_a_topic_and_resume_across_them(redis_url: str) 
             one, {"streams": "chat", "count": 2}, headers={"Last-Event-ID": seen[0].id}
         )
         assert [json.loads(e.data)["text"] for e in resumed] == ["one", "two"]
+
+
+class ThrowawayRedis:
+    """A redis-server of the test's own, to stop and start again on the same port."""
+
+    def __init__(self) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.process: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is needed"
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if "Ready to accept connections" in line:
+                return
+        raise AssertionError("redis-server did not start")
+
+    def stop(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        self.process.terminate()
+        self.process.wait(10)
+        self.process.stdout.close()
+
+
+def test_redis_lost_and_back_under_a_running_hub() -> None:
+    redis = ThrowawayRedis()
+    redis.start()
+    url = f"redis://127.0.0.1:{redis.port}/0?prefix=fault:"
+    try:
+        with HubServer(args=["--broker", url]) as hub:
+            chat = {"user": "ana", "text": "hi"}
+            assert httpx.post(hub.url + "/streams/chat/events", json=chat).status_code == 201
+            with httpx.Client(base_url=hub.url, timeout=TIMEOUT) as client:
+                with client.stream("GET", "/events?streams=chat") as subscribed:
+                    lines = subscribed.iter_lines()
+                    assert next(lines) == "retry: 3000"
+                    redis.stop()  # Redis goes away under the open subscription
+                    rest = "\n".join(lines)  # the response ends by itself
+            assert "event: hub.error" in rest and "Redis broker" in rest
+            refused = httpx.post(hub.url + "/streams/chat/events", json=chat, timeout=TIMEOUT)
+            assert refused.status_code == 503
+            assert refused.json()["error"]["code"] == "broker_unavailable"
+            echo = read_events(hub, {"streams": "echo", "count": 1})  # no Redis needed
+            assert echo[0].event == "echo"
+            redis.start()  # back: publishing and subscribing work again
+            posted = httpx.post(hub.url + "/streams/chat/events", json=chat, timeout=TIMEOUT)
+            assert posted.status_code == 201
+            again = read_events(
+                hub, {"streams": "chat", "count": 1}, headers={"Last-Event-ID": "chat:0-0"}
+            )
+            assert [e.event for e in again] == ["chat"], [(e.event, e.data) for e in again]
+            assert json.loads(again[0].data)["text"] == "hi"
+        assert hub.stopped_gracefully
+    finally:
+        if redis.process is not None and redis.process.poll() is None:
+            redis.stop()

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from .base import Broker, BrokerSubscription, Entry, Gap, Interrupted, Overflow, TopicConfig
+from .base import (
+    Broker,
+    BrokerSubscription,
+    BrokerUnavailable,
+    Entry,
+    Gap,
+    Interrupted,
+    Overflow,
+    TopicConfig,
+)
 
 __all__ = [
     "Broker",
     "BrokerSubscription",
+    "BrokerUnavailable",
     "Entry",
     "Gap",
     "Interrupted",

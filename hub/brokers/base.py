@@ -19,7 +19,19 @@ from dataclasses import dataclass
 from ..cursor import quote_name
 from ..events import encode_body
 
-__all__ = ["Broker", "BrokerSubscription", "Entry", "Gap", "Overflow", "TopicConfig"]
+__all__ = [
+    "Broker",
+    "BrokerSubscription",
+    "BrokerUnavailable",
+    "Entry",
+    "Gap",
+    "Overflow",
+    "TopicConfig",
+]
+
+
+class BrokerUnavailable(ConnectionError):
+    """The broker cannot be reached now (Redis down); the message names it."""
 
 
 class Overflow(Exception):

@@ -25,7 +25,15 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ._fanout import Reader
-from .base import Broker, BrokerSubscription, Entry, Gap, Interrupted, TopicConfig
+from .base import (
+    Broker,
+    BrokerSubscription,
+    BrokerUnavailable,
+    Entry,
+    Gap,
+    Interrupted,
+    TopicConfig,
+)
 
 __all__ = ["RedisBroker"]
 
@@ -74,8 +82,9 @@ class _Feed:
             logger.exception("reading topic %r from Redis failed", self.topic)
             if not self.started.done():
                 self.started.set_exception(exc)
+            reason = str(self.broker.unavailable(exc))
             for reader in list(self.readers):
-                reader.fail(Interrupted(f"the Redis broker failed: {exc}"), keep_backlog=True)
+                reader.fail(Interrupted(reason), keep_backlog=True)
         finally:
             self.broker.feed_ended(self)
 
@@ -92,7 +101,22 @@ class RedisBroker(Broker):
         query = dict(parse_qsl(parts.query))
         self.prefix = query.pop("prefix", "hub:")
         self.url = url
-        self.client: Any = redis.from_url(urlunsplit(parts._replace(query=urlencode(query))))
+        from redis.asyncio.retry import Retry
+        from redis.backoff import ExponentialBackoff
+
+        # After Redis restarts, pooled connections are stale: retry on a fresh one, briefly
+        # backing off, rather than fail the first command that meets one.
+        self.client: Any = redis.from_url(
+            urlunsplit(parts._replace(query=urlencode(query))),
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        )
+        # What redis-py raises when Redis is down or drops the connection.
+        self._errors: tuple[type[BaseException], ...] = (
+            redis.ConnectionError,
+            redis.TimeoutError,
+            OSError,
+        )
         self._configs: dict[str, TopicConfig] = {}
         self._feeds: dict[str, _Feed] = {}
 
@@ -102,11 +126,14 @@ class RedisBroker(Broker):
     def declare(self, topic: str, config: TopicConfig) -> None:
         self._configs[topic] = config
 
+    def unavailable(self, exc: BaseException) -> BrokerUnavailable:
+        return BrokerUnavailable(f"the Redis broker at {self.url} is unavailable: {exc}")
+
     async def start(self) -> None:
         try:
             await self.client.ping()
         except Exception as exc:
-            raise ConnectionError(f"cannot reach the Redis broker at {self.url}: {exc}") from exc
+            raise self.unavailable(exc) from exc
 
     async def close(self) -> None:
         feeds = list(self._feeds.values())
@@ -123,7 +150,10 @@ class RedisBroker(Broker):
             )
 
     async def last_position(self, topic: str) -> str:
-        newest = await self.client.xrevrange(self.key(topic), count=1)
+        try:
+            newest = await self.client.xrevrange(self.key(topic), count=1)
+        except self._errors as exc:
+            raise self.unavailable(exc) from exc
         return newest[0][0].decode() if newest else "0-0"
 
     async def bounds(self, topic: str) -> tuple[str, str] | None:
@@ -134,10 +164,15 @@ class RedisBroker(Broker):
 
     async def publish(self, topic: str, data: Sequence[str]) -> list[Entry]:
         history = self._configs.get(topic, TopicConfig()).history
-        async with self.client.pipeline(transaction=True) as pipe:
-            for item in data:
-                pipe.xadd(self.key(topic), {_FIELD: item}, maxlen=max(history, 1), approximate=True)
-            ids = await pipe.execute()
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                for item in data:
+                    pipe.xadd(
+                        self.key(topic), {_FIELD: item}, maxlen=max(history, 1), approximate=True
+                    )
+                ids = await pipe.execute()
+        except self._errors as exc:
+            raise self.unavailable(exc) from exc
         return [
             Entry.encode(topic, entry_id.decode(), item)
             for entry_id, item in zip(ids, data, strict=True)
@@ -152,8 +187,10 @@ class RedisBroker(Broker):
         try:
             await asyncio.shield(feed.started)
             items = await self.client.xrange(self.key(topic), min=f"({after}", max="+")
-        except BaseException:
+        except BaseException as exc:
             await reader.close()
+            if isinstance(exc, self._errors):
+                raise self.unavailable(exc) from exc
             raise
         replay = [
             Entry.encode(topic, entry_id.decode(), fields[_FIELD].decode())
