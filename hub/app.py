@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Literal
@@ -68,6 +69,7 @@ class Published(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
+    pid: int = Field(description="this hub process (one of several with --workers)")
     broker: str
     streams: int = Field(description="streams registered")
     subscriptions: int = Field(description="subscriptions being served now")
@@ -303,6 +305,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     async def health() -> Health:
         buffered, most = hub.broker.buffered()
         return Health(
+            pid=os.getpid(),
             broker=hub.broker.url,
             streams=len(registry),
             subscriptions=hub.activity.subscriptions,

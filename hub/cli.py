@@ -89,6 +89,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--reload", action="store_true", help="restart when the code changes (development)"
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="hub processes on one port (needs a shared broker: --broker redis://...)",
+    )
 
     listing = commands.add_parser("streams", parents=[plugins], help="print the catalog of streams")
     listing.add_argument("--json", action="store_true", help="print the catalog as JSON")
@@ -100,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = {
         key: value
         for key, value in vars(args).items()
-        if key not in {"command", "reload", "json"} and value is not None
+        if key not in {"command", "reload", "json", "workers"} and value is not None
     }
     try:
         settings = Settings.from_env(**options)
@@ -114,7 +120,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "streams":
         return _print_catalog(registry, as_json=args.json)
-    return _serve(settings, registry, reload=args.reload)
+    if args.workers < 1:
+        print("hub: error: --workers must be 1 or more", file=sys.stderr)
+        return 2
+    if args.workers > 1 and settings.broker.startswith("memory:"):
+        print(
+            "hub: error: --workers needs a broker the workers share, e.g. "
+            "--broker redis://127.0.0.1:6379/0: with memory:// each would have its own topics",
+            file=sys.stderr,
+        )
+        return 2
+    return _serve(settings, registry, reload=args.reload, workers=args.workers)
 
 
 async def _reach(url: str) -> None:
@@ -126,7 +142,7 @@ async def _reach(url: str) -> None:
         await broker.close()
 
 
-def _serve(settings: Settings, registry: Registry, *, reload: bool) -> int:
+def _serve(settings: Settings, registry: Registry, *, reload: bool, workers: int = 1) -> int:
     import uvicorn
 
     from .app import create_app
@@ -139,13 +155,17 @@ def _serve(settings: Settings, registry: Registry, *, reload: bool) -> int:
         "level": log_level.upper(),
         "propagate": False,
     }
-    if reload:
-        # The reloader imports the app afresh in a child process, configured by environment.
+    if reload or workers > 1:
+        # The reloader and the workers import the app afresh in child processes, configured
+        # by environment. uvicorn's supervisor, not ours, handles their SIGTERM: open streams
+        # get a few seconds to end, then are closed.
         os.environ.update(settings.to_env())
         uvicorn.run(
             "hub.app:create_app_from_env",
             factory=True,
-            reload=True,
+            reload=reload,
+            workers=workers if not reload else None,
+            timeout_graceful_shutdown=3,
             host=host,
             port=port,
             log_level=log_level,

@@ -245,12 +245,23 @@ class HubServer:
 
     def _read(self) -> None:
         assert self.process is not None and self.process.stdout is not None
+        # Ready once the URL is known and every worker has started its app: with --workers
+        # the parent binds the port, but only the workers listen on it.
+        workers = (
+            int(self.command[self.command.index("--workers") + 1])
+            if "--workers" in self.command
+            else 1
+        )
+        started = 0
         for line in self.process.stdout:
             self.lines.append(line)
             match = _READY.search(line)
             if match and not self.url:
                 self.port = int(match.group(3))
                 self.url = f"{match.group(1)}://127.0.0.1:{self.port}"
+            if "Application startup complete" in line:
+                started += 1
+            if self.url and started >= workers:
                 self._ready.set()
         self.process.wait()
         self._ready.set()  # ended before (or after) it was ready: wake any waiter

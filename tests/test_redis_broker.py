@@ -236,3 +236,36 @@ def test_redis_lost_and_back_under_a_running_hub() -> None:
     finally:
         if redis.process is not None and redis.process.poll() is None:
             redis.stop()
+
+
+def test_workers_share_topics_through_redis(redis_url: str) -> None:
+    with HubServer(args=["--workers", "2", "--broker", redis_url]) as hub:
+        # Two clients, each on one kept-alive connection, on two different workers.
+        clients: dict[int, httpx.Client] = {}
+        for _ in range(60):
+            client = httpx.Client(
+                base_url=hub.url, timeout=TIMEOUT, limits=httpx.Limits(max_connections=1)
+            )
+            pid = client.get("/health").json()["pid"]
+            if pid in clients:
+                client.close()
+            else:
+                clients[pid] = client
+            if len(clients) == 2:
+                break
+        assert len(clients) == 2, "the two workers never both answered"
+        (sub_pid, subscriber), (pub_pid, publisher) = clients.items()
+        try:
+            start = subscriber.get("/health").json()["pid"]
+            assert start == sub_pid  # still on its worker
+            with subscriber.stream(
+                "GET", "/events?streams=chat&count=1", headers={"Last-Event-ID": "chat:0-0"}
+            ) as response:
+                posted = publisher.post("/streams/chat/events", json={"user": "w", "text": "x"})
+                assert posted.status_code == 201
+                body = response.read().decode()
+            assert f"id: chat:{posted.json()['positions'][0]}" in body
+            assert sub_pid != pub_pid
+        finally:
+            for client in clients.values():
+                client.close()
