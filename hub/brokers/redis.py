@@ -49,6 +49,13 @@ def _order(position: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+def _entries(topic: str, items: Sequence[tuple[bytes, dict[bytes, bytes]]]) -> list[Entry]:
+    """Redis stream items (`XREAD`, `XRANGE`) as entries, each encoded once."""
+    return [
+        Entry.encode(topic, item_id.decode(), fields[_FIELD].decode()) for item_id, fields in items
+    ]
+
+
 class _Feed:
     """One topic's reader in this process: XREAD in a loop, entries pushed to local readers."""
 
@@ -71,10 +78,7 @@ class _Feed:
             while self.readers:
                 reply = await client.xread({key: self.after}, block=_BLOCK_MS, count=1000)
                 for _, items in reply or ():
-                    entries = [
-                        Entry.encode(self.topic, entry_id.decode(), fields[_FIELD].decode())
-                        for entry_id, fields in items
-                    ]
+                    entries = _entries(self.topic, items)
                     self.after = entries[-1].position
                     for reader in list(self.readers):
                         reader.push(entries)
@@ -192,10 +196,7 @@ class RedisBroker(Broker):
             if isinstance(exc, self._errors):
                 raise self.unavailable(exc) from exc
             raise
-        replay = [
-            Entry.encode(topic, entry_id.decode(), fields[_FIELD].decode())
-            for entry_id, fields in items
-        ]
+        replay = _entries(topic, items)
         newest = _order(replay[-1].position) if replay else _order(after)
         reader.replay(replay, lambda entry: _order(entry.position) <= newest)
         reader.gap = await self._gap(topic, after, replay)
