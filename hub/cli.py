@@ -55,7 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", parents=[plugins], help="run the hub")
     serve.add_argument("--host", help="interface to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind, 0 for any free one (default 8000)")
-    serve.add_argument("--broker", help="where topics live: memory:// (default)")
+    serve.add_argument(
+        "--broker",
+        help="where topics live: memory:// (default) or redis://host:6379/0?prefix=hub:",
+    )
     serve.add_argument("--max-streams", type=int, help="streams per request (default 16)")
     serve.add_argument(
         "--buffer",
