@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -16,7 +17,7 @@ import httpx
 import pytest
 from support import TIMEOUT, read_events
 
-from hub.brokers import TopicConfig, broker_from_url
+from hub.brokers import Gap, TopicConfig, broker_from_url
 from hub.brokers.redis import RedisBroker
 from hub.testing import HubServer
 
@@ -54,10 +55,10 @@ def redis_url(redis_server: str) -> str:
     return f"{redis_server}?prefix=test-{uuid.uuid4().hex[:8]}:"
 
 
-async def started(url: str, history: int = 1000) -> RedisBroker:
+async def started(url: str, history: int = 1000, max_age: float | None = None) -> RedisBroker:
     broker = broker_from_url(url)
     assert isinstance(broker, RedisBroker)
-    broker.declare("t", TopicConfig(history=history))
+    broker.declare("t", TopicConfig(history=history, max_age=max_age))
     await broker.start()
     return broker
 
@@ -127,6 +128,83 @@ async def test_a_gap_when_entries_after_the_position_were_trimmed(redis_url: str
         assert reader.gap.resumed_from == retained[0].position
         assert data(retained) == list(range(data(retained)[0], 300))  # all kept, in order
         assert data(retained)[0] > 1
+    finally:
+        await broker.close()
+
+
+@pytest.mark.anyio
+async def test_a_gap_when_redis_lost_the_history_the_position_came_from(redis_url: str) -> None:
+    broker = await started(redis_url)
+    try:
+        before = await broker.publish("t", ["1", "2", "3"])
+        # What a restart without persistence (or a failover to a lagging replica) does:
+        # the stream is gone, and new events start a new one.
+        await broker.client.delete(broker.key("t"))
+        after = await broker.publish("t", ["4", "5"])
+        reader = await broker.subscribe("t", before[1].position, 1000)
+        assert reader.gap is not None
+        assert (reader.gap.requested, reader.gap.resumed_from) == (
+            before[1].position,
+            after[0].position,
+        )
+        assert data(await reader.take(1000)) == [4, 5]
+        await reader.close()
+        # A position that is still there: no gap, nothing twice.
+        reader = await broker.subscribe("t", after[0].position, 1000)
+        assert reader.gap is None
+        assert data(await reader.take(1000)) == [5]
+    finally:
+        await broker.close()
+
+
+@pytest.mark.anyio
+async def test_a_cursor_from_an_empty_topic_gaps_only_if_events_were_dropped(
+    redis_url: str,
+) -> None:
+    broker = await started(redis_url, history=10)
+    try:
+        assert await broker.last_position("t") == "0-0"
+        await broker.publish("t", ["1", "2"])
+        reader = await broker.subscribe("t", "0-0", 1000)
+        assert reader.gap is None
+        assert data(await reader.take(1000)) == [1, 2]
+        await reader.close()
+        await broker.publish("t", [str(n) for n in range(3, 300)])  # trims the first ones
+        reader = await broker.subscribe("t", "0-0", 1000)
+        assert reader.gap is not None and reader.gap.requested == "0-0"
+        assert data(await reader.take(1000))[-1] == 299
+    finally:
+        await broker.close()
+
+
+@pytest.mark.anyio
+async def test_a_position_beyond_the_newest_gaps_and_goes_live(redis_url: str) -> None:
+    broker = await started(redis_url)
+    try:
+        newest = (await broker.publish("t", ["1"]))[0]
+        reader = await broker.subscribe("t", "99999999999999-0", 1000)
+        assert reader.gap == Gap("99999999999999-0", newest.position)
+        await broker.publish("t", ["2"])
+        assert data(await asyncio.wait_for(reader.take(1000), 5)) == [2]
+    finally:
+        await broker.close()
+
+
+@pytest.mark.anyio
+async def test_max_age_trims_by_entry_id(redis_url: str) -> None:
+    broker = await started(redis_url, max_age=60)
+    try:
+        # Two events from ten minutes ago, written with their ids, as if published then.
+        old_ms = int((time.time() - 600) * 1000)
+        for seq in (0, 1):
+            await broker.client.xadd(broker.key("t"), {"d": "0"}, id=f"{old_ms}-{seq}")
+        assert (await broker.bounds("t")) is None  # too old to count as retained
+        await broker.client.xadd(broker.key("t"), {"d": "0"}, id=f"{old_ms}-2")
+        fresh = await broker.publish("t", ["1", "2"])
+        reader = await broker.subscribe("t", f"{old_ms}-0", 1000)
+        assert reader.gap == Gap(f"{old_ms}-0", fresh[0].position)
+        assert data(await reader.take(1000)) == [1, 2]
+        assert await broker.bounds("t") == (fresh[0].position, fresh[1].position)
     finally:
         await broker.close()
 
@@ -211,7 +289,8 @@ def test_redis_lost_and_back_under_a_running_hub() -> None:
     try:
         with HubServer(args=["--broker", url]) as hub:
             chat = {"user": "ana", "text": "hi"}
-            assert httpx.post(hub.url + "/streams/chat/events", json=chat).status_code == 201
+            before = httpx.post(hub.url + "/streams/chat/events", json=chat)
+            assert before.status_code == 201
             with httpx.Client(base_url=hub.url, timeout=TIMEOUT) as client:
                 with client.stream("GET", "/events?streams=chat") as subscribed:
                     lines = subscribed.iter_lines()
@@ -227,11 +306,18 @@ def test_redis_lost_and_back_under_a_running_hub() -> None:
             redis.start()  # back: publishing and subscribing work again
             posted = httpx.post(hub.url + "/streams/chat/events", json=chat, timeout=TIMEOUT)
             assert posted.status_code == 201
+            # This Redis kept nothing across its restart: a cursor from before is told so.
             again = read_events(
-                hub, {"streams": "chat", "count": 1}, headers={"Last-Event-ID": "chat:0-0"}
+                hub,
+                {"streams": "chat", "count": 1},
+                headers={"Last-Event-ID": before.json()["ids"][0]},
             )
-            assert [e.event for e in again] == ["chat"], [(e.event, e.data) for e in again]
-            assert json.loads(again[0].data)["text"] == "hi"
+            assert [e.event for e in again] == ["hub.gap", "chat"], [
+                (e.event, e.data) for e in again
+            ]
+            assert json.loads(again[0].data)["requested"] == before.json()["positions"][0]
+            assert json.loads(again[1].data)["text"] == "hi"
+            assert again[1].id == posted.json()["ids"][0]
         assert hub.stopped_gracefully
     finally:
         if redis.process is not None and redis.process.poll() is None:

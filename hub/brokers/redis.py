@@ -7,9 +7,10 @@ in every process. Each process reads each topic it has subscribers for once, wit
 subscriber. A feed starts with its topic's first local subscriber and stops after the last.
 
 Resume: a new subscriber is registered with the feed first, then reads its replay with
-`XRANGE` after its position; live entries the replay already holds are dropped, so the seam
-has no gap and no duplicate. A position older than the first retained entry of a stream that
-was trimmed makes a gap.
+`XRANGE` from its position; live entries the replay already holds are dropped, so the seam
+has no gap and no duplicate. A position that is no longer in the stream (trimmed away, or lost
+with a Redis that restarted without persistence) makes a gap. `max_age` trims by entry id
+(`XTRIM MINID`): ids are Redis's clock in milliseconds.
 
 Needs the `redis` extra (`pip install 'hub[redis]'`). The URL's query may name the key
 prefix: `redis://127.0.0.1:6379/0?prefix=myhub:` (default `hub:`).
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -161,20 +163,39 @@ class RedisBroker(Broker):
         return newest[0][0].decode() if newest else "0-0"
 
     async def bounds(self, topic: str) -> tuple[str, str] | None:
-        oldest = await self.client.xrange(self.key(topic), count=1)
+        key = self.key(topic)
+        async with self.client.pipeline(transaction=True) as pipe:
+            self._trim_by_age(pipe, topic, exact=True)
+            pipe.xrange(key, count=1)
+            pipe.xrevrange(key, count=1)
+            *_, oldest, newest = await pipe.execute()
         if not oldest:
             return None
-        return oldest[0][0].decode(), await self.last_position(topic)
+        return oldest[0][0].decode(), newest[0][0].decode()
+
+    def _trim_by_age(self, pipe: Any, topic: str, *, exact: bool) -> None:
+        """Queue the trimming of events older than the topic's `max_age`, if it has one.
+
+        The cut-off is an entry id made from this process's clock, against ids made from
+        Redis's clock: keep the clocks in step (NTP)."""
+        max_age = self._config(topic).max_age
+        if max_age is not None:
+            oldest_kept = max(int((time.time() - max_age) * 1000), 0)
+            pipe.xtrim(self.key(topic), minid=oldest_kept, approximate=not exact)
+
+    def _config(self, topic: str) -> TopicConfig:
+        return self._configs.get(topic) or TopicConfig()
 
     async def publish(self, topic: str, data: Sequence[str]) -> list[Entry]:
-        history = self._configs.get(topic, TopicConfig()).history
+        history = self._config(topic).history
         try:
             async with self.client.pipeline(transaction=True) as pipe:
                 for item in data:
                     pipe.xadd(
                         self.key(topic), {_FIELD: item}, maxlen=max(history, 1), approximate=True
                     )
-                ids = await pipe.execute()
+                self._trim_by_age(pipe, topic, exact=False)
+                ids = (await pipe.execute())[: len(data)]
         except self._errors as exc:
             raise self.unavailable(exc) from exc
         return [
@@ -190,35 +211,66 @@ class RedisBroker(Broker):
         feed.readers.add(reader)  # first: what is published from now on reaches it
         try:
             await asyncio.shield(feed.started)
-            items = await self.client.xrange(self.key(topic), min=f"({after}", max="+")
+            replay, newest, gap = await self._history(topic, after)
         except BaseException as exc:
             await reader.close()
             if isinstance(exc, self._errors):
                 raise self.unavailable(exc) from exc
             raise
-        replay = _entries(topic, items)
-        newest = _order(replay[-1].position) if replay else _order(after)
+        # Live entries that the replay already holds (or, after a gap with nothing to
+        # replay, that existed when it was read) are dropped: no duplicate at the seam.
         reader.replay(replay, lambda entry: _order(entry.position) <= newest)
-        reader.gap = await self._gap(topic, after, replay)
+        reader.gap = gap
         return reader
 
-    async def _gap(self, topic: str, after: str, replay: list[Entry]) -> Gap | None:
-        """A gap if the stream was trimmed past `after`: its first retained entry is newer and
-        entries were ever dropped. (A position that was itself the last entry trimmed also
-        reports a gap, though nothing after it is missing: never a silent skip.)"""
-        try:
-            info = await self.client.xinfo_stream(self.key(topic))
-        except Exception:  # no such stream yet: nothing was ever trimmed
-            return None
-        if int(info.get("entries-added", 0)) <= int(info.get("length", 0)):
-            return None  # nothing ever dropped
-        first = info.get("first-entry")
-        if not first:
-            return None
-        first_id = first[0].decode() if isinstance(first[0], bytes) else str(first[0])
-        if _order(first_id) <= _order(after):
-            return None
-        return Gap(after, replay[0].position if replay else first_id)
+    async def _history(
+        self, topic: str, after: str
+    ) -> tuple[list[Entry], tuple[int, int], Gap | None]:
+        """The entries after `after`, the position the replay covers up to, and a gap if
+        `after` is not in the retained history.
+
+        A position this hub gave is an entry of the stream, or `0-0` for a topic that was
+        empty. Reading from `after` inclusive shows whether it is still there, in the same
+        round trip as the replay. If it is not, it was trimmed away, or it comes from a
+        history Redis lost (a restart without persistence, a failover to a replica that was
+        behind): either way events may be missing, and the subscriber is told.
+        """
+        key = self.key(topic)
+        async with self.client.pipeline(transaction=True) as pipe:
+            self._trim_by_age(pipe, topic, exact=True)
+            pipe.xrange(key, min=after, max="+")
+            pipe.xrevrange(key, count=1)
+            if after == "0-0":
+                pipe.xinfo_stream(key)
+            results = await pipe.execute(raise_on_error=False)
+        for result in results[: len(results) - (after == "0-0")]:
+            if isinstance(result, Exception):
+                raise result  # XINFO alone may fail: on a stream that does not exist yet
+        if after == "0-0":
+            *_, items, newest_item, info = results
+            # A cursor taken while the topic was empty: events are missing only if some
+            # were dropped since (entries-added counts every entry the stream ever had).
+            missing = not isinstance(info, Exception) and int(info["entries-added"]) > int(
+                info["length"]
+            )
+        else:
+            *_, items, newest_item = results
+            found = bool(items) and items[0][0].decode() == after
+            if found:
+                items = items[1:]
+            missing = not found
+        replay = _entries(topic, items)
+        if replay:
+            covered = _order(replay[-1].position)
+        elif missing:
+            covered = _order(newest_item[0][0].decode()) if newest_item else (0, 0)
+        else:
+            covered = _order(after)
+        gap = None
+        if missing:
+            resumed_from = replay[0].position if replay else "{}-{}".format(*covered)
+            gap = Gap(after, resumed_from)
+        return replay, covered, gap
 
     def feed_ended(self, feed: _Feed) -> None:
         if self._feeds.get(feed.topic) is feed:
