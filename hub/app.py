@@ -76,7 +76,10 @@ class Health(BaseModel):
     open_streams: int = Field(description="stream sources open now, over all subscriptions")
     buffered: int = Field(description="live frames queued for subscribers, in all")
     max_buffered: int = Field(description="live frames queued for the most behind subscriber")
-    producers: list[str] = Field(description="shared streams whose producer runs now")
+    producers: list[str] = Field(description="shared streams whose producer runs here now")
+    standby: list[str] = Field(
+        description="shared streams wanted here whose producer runs in another process"
+    )
 
 
 def _refusal(exc: RequestError) -> JSONResponse:
@@ -313,6 +316,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             buffered=buffered,
             max_buffered=most,
             producers=hub.producers.names(),
+            standby=hub.producers.standing_by(),
         )
 
     return app

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Protocol
 
 from pydantic import ValidationError
 
-from .brokers import Broker, Entry, broker_from_url
+from .brokers import Broker, BrokerUnavailable, Entry, Lease, broker_from_url
 from .events import Event
 from .merge import Activity, frames
 from .registry import Registry, Topic
@@ -225,25 +225,38 @@ async def publish(name: str, *events: Event | Mapping[str, Any]) -> list[str]:
 
 
 class Producers:
-    """Runs each shared stream's generator once, while it has subscribers (or always, if
-    eager), publishing what it yields into its topic."""
+    """Runs each shared stream's generator while it has subscribers (or always, if eager),
+    publishing what it yields into its topic: once per cluster.
+
+    A process runs a producer only while it holds the stream's lease from the broker. The
+    memory broker, one process's, always grants it; with Redis the processes that want a
+    producer take turns: one runs it, renewing its lease, and the others stand by, trying
+    again every `broker.lease_retry` seconds, and take over when it lets go or dies.
+    """
 
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._users: Counter[str] = Counter()
+        self._producing: set[str] = set()
 
     def names(self) -> list[str]:
-        """The shared streams whose producer runs now."""
-        return sorted(name for name in self._tasks if self.running(name))
+        """The shared streams whose producer runs in this process now."""
+        return sorted(self._producing)
+
+    def standing_by(self) -> list[str]:
+        """The shared streams wanted here whose lease another process holds."""
+        return sorted(
+            n for n, t in self._tasks.items() if not t.done() and n not in self._producing
+        )
 
     def running(self, name: str) -> bool:
-        task = self._tasks.get(name)
-        return task is not None and not task.done()
+        return name in self._producing
 
     def acquire(self, definition: Topic) -> None:
         self._users[definition.name] += 1
-        if not self.running(definition.name):
+        task = self._tasks.get(definition.name)
+        if task is None or task.done():
             self._tasks[definition.name] = asyncio.create_task(
                 self._run(definition), name=f"hub producer {definition.name}"
             )
@@ -254,7 +267,7 @@ class Producers:
             del self._users[definition.name]
             task = self._tasks.pop(definition.name, None)
             if task is not None:
-                task.cancel()  # its generator's finally runs as the task unwinds
+                task.cancel()  # the generator's finally runs, then the lease is let go
 
     async def stop(self) -> None:
         tasks = list(self._tasks.values())
@@ -264,6 +277,40 @@ class Producers:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self, definition: Topic) -> None:
+        """Hold the lease and produce; stand by while another process holds it."""
+        name = definition.name
+        while True:
+            lease = await self._lease(name)
+            self._producing.add(name)
+            producing = asyncio.create_task(self._produce(definition))
+            kept = asyncio.create_task(lease.kept())
+            try:
+                await asyncio.wait((producing, kept), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self._producing.discard(name)
+                producing.cancel()
+                kept.cancel()
+                await asyncio.gather(producing, kept, return_exceptions=True)
+                await lease.release()
+            if producing.done() and not producing.cancelled():
+                return  # it ended or failed, and its subscribers here were told
+            # The lease was lost: another process may run it now. Stand by again.
+
+    async def _lease(self, name: str) -> Lease:
+        broker, complained = self._hub.broker, False
+        while True:
+            try:
+                lease = await broker.lease(name)
+            except BrokerUnavailable as exc:
+                if not complained:
+                    logger.warning("shared stream %r waits for its broker: %s", name, exc)
+                    complained = True
+                lease = None
+            if lease is not None:
+                return lease
+            await asyncio.sleep(broker.lease_retry)
+
+    async def _produce(self, definition: Topic) -> None:
         assert definition.producer is not None
         name, model, broker = definition.name, definition.event_model, self._hub.broker
         try:
@@ -280,3 +327,5 @@ class Producers:
             broker.interrupt(name, f"{type(exc).__name__}: {exc}")
         else:
             broker.interrupt(name, None)  # the producer ended: so do its subscribers' streams
+        finally:
+            self._producing.discard(name)  # now, before any subscriber it told can look

@@ -7,18 +7,22 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
 import pytest
-from support import TIMEOUT, read_events
+from conftest import PLUGINS
+from httpx_sse import EventSource, connect_sse
+from support import TIMEOUT, get, read_events
 
+from hub import Event, Hub, Registry, stream
 from hub.brokers import Gap, TopicConfig, broker_from_url
-from hub.brokers.redis import RedisBroker
+from hub.brokers.redis import RedisBroker, _order
 from hub.testing import HubServer
 
 
@@ -137,20 +141,18 @@ async def test_a_gap_when_redis_lost_the_history_the_position_came_from(redis_ur
     broker = await started(redis_url)
     try:
         before = await broker.publish("t", ["1", "2", "3"])
-        # What a restart without persistence (or a failover to a lagging replica) does:
-        # the stream is gone, and new events start a new one.
+        # What a restart without persistence (or a failover to a lagging replica) does: the
+        # stream is gone, and new events start a new one, with ids from a later millisecond.
         await broker.client.delete(broker.key("t"))
-        after = await broker.publish("t", ["4", "5"])
+        renewed = f"{_order(before[-1].position)[0] + 1}-0"
+        await broker.client.xadd(broker.key("t"), {"d": "4"}, id=renewed)
+        await broker.publish("t", ["5"])
         reader = await broker.subscribe("t", before[1].position, 1000)
-        assert reader.gap is not None
-        assert (reader.gap.requested, reader.gap.resumed_from) == (
-            before[1].position,
-            after[0].position,
-        )
+        assert reader.gap == Gap(before[1].position, renewed)
         assert data(await reader.take(1000)) == [4, 5]
         await reader.close()
         # A position that is still there: no gap, nothing twice.
-        reader = await broker.subscribe("t", after[0].position, 1000)
+        reader = await broker.subscribe("t", renewed, 1000)
         assert reader.gap is None
         assert data(await reader.take(1000)) == [5]
     finally:
@@ -355,3 +357,136 @@ def test_workers_share_topics_through_redis(redis_url: str) -> None:
         finally:
             for client in clients.values():
                 client.close()
+
+
+@pytest.mark.anyio
+async def test_a_lease_has_one_holder_renewed_released_and_taken_over(redis_url: str) -> None:
+    one, two = await started(redis_url + "&lease_ttl=0.3"), await started(redis_url)
+    two.lease_ttl = 0.3
+    key = one.lease_key("p")
+    try:
+        held = await one.lease("p")
+        assert held is not None
+        assert await two.lease("p") is None  # one holder at a time
+        holder = (await one.client.get(key)).decode()
+        assert holder.startswith(f"{socket.gethostname()}:{os.getpid()}:")
+        keeping = asyncio.create_task(held.kept())
+        # Renewed while kept: its time to live goes back up, again and again.
+        last, renewals = await one.client.pttl(key), 0
+        async with asyncio.timeout(5):
+            while renewals < 3:
+                await asyncio.sleep(0.02)
+                ttl = await one.client.pttl(key)
+                renewals += ttl > last
+                last = ttl
+        assert await two.lease("p") is None and not keeping.done()
+        keeping.cancel()
+        await held.release()  # let go: the other takes it at once
+        taken = await two.lease("p")
+        assert taken is not None
+        # Not renewed (its holder hangs or died): it lapses and the other takes over.
+        async with asyncio.timeout(5):
+            while (again := await one.lease("p")) is None:
+                await asyncio.sleep(one.lease_retry)
+        assert again is not None
+        # The old holder finds out at its next renewal, and stops.
+        await asyncio.wait_for(taken.kept(), 5)
+        assert (await one.client.get(key)).decode() == again.token  # type: ignore[attr-defined]
+        await taken.release()  # not its own any more: leaves the new holder alone
+        assert (await one.client.get(key)).decode() == again.token  # type: ignore[attr-defined]
+    finally:
+        await one.close()
+        await two.close()
+
+
+def test_a_shared_producer_runs_once_across_processes_and_moves_when_its_holder_dies(
+    redis_url: str,
+) -> None:
+    args = ["--broker", redis_url + "&lease_ttl=1", "--streams", str(PLUGINS / "beacon.py")]
+    with HubServer(args=args) as one, HubServer(args=args) as two:
+        servers = {one.pid: one, two.pid: two}
+        with (
+            httpx.Client(base_url=one.url, timeout=TIMEOUT) as c1,
+            httpx.Client(base_url=two.url, timeout=TIMEOUT) as c2,
+            connect_sse(c1, "GET", "/events", params={"streams": "beacon"}) as s1,
+            connect_sse(c2, "GET", "/events", params={"streams": "beacon"}) as s2,
+        ):
+            first, second = beacons(s1), beacons(s2)
+            # Over three lease lifetimes, every event on both processes comes from one run in
+            # one process: numbered without a break, the other process standing by.
+            seen = [next(first) for _ in range(150)]
+            holder = seen[0]["pid"]
+            survivor = (set(servers) - {holder}).pop()
+            assert {b["pid"] for b in seen} == {holder}
+            assert [b["n"] for b in seen] == list(range(seen[0]["n"], seen[0]["n"] + 150))
+            assert [next(second)["pid"] for _ in range(20)] == [holder] * 20
+            health = {pid: get(server, "/health").json() for pid, server in servers.items()}
+            assert (health[holder]["producers"], health[holder]["standby"]) == (["beacon"], [])
+            assert (health[survivor]["producers"], health[survivor]["standby"]) == ([], ["beacon"])
+            os.kill(holder, signal.SIGKILL)
+            # The survivor's subscriber stays connected and sees the producer start afresh
+            # there, once the dead holder's lease lapses.
+            survivors = first if survivor == one.pid else second
+            assert next(b for b in survivors if b["pid"] == survivor)["n"] == 0
+            health = get(servers[survivor], "/health").json()
+            assert (health["producers"], health["standby"]) == (["beacon"], [])
+
+
+def beacons(source: EventSource) -> Iterator[dict[str, int]]:
+    for sse in source.iter_sse():
+        if sse.event == "beacon":
+            yield json.loads(sse.data)
+
+
+class Tick(Event):
+    n: int
+
+
+RUNS: list[str] = []
+
+
+@stream("rb_shared", shared=True, eager=True, history=100)
+async def rb_shared() -> AsyncIterator[Tick]:
+    RUNS.append("start")
+    try:
+        n = 0
+        while True:
+            yield Tick(n=n)
+            n += 1
+            await asyncio.sleep(0.01)
+    finally:
+        RUNS.append("stop")
+
+
+@pytest.mark.anyio
+async def test_a_producer_that_loses_its_lease_stops_and_stands_by(redis_url: str) -> None:
+    RUNS.clear()
+    registry = Registry()
+    registry.add(rb_shared)
+    broker = broker_from_url(redis_url + "&lease_ttl=0.3")
+    assert isinstance(broker, RedisBroker)
+    key = broker.lease_key("rb_shared")
+    async with Hub(registry, broker=broker) as hub:
+        await wait_until(lambda: hub.producers.running("rb_shared"))
+        assert RUNS == ["start"] and hub.producers.standing_by() == []
+        # Another process takes the lease (this one, say, was frozen past its expiry).
+        await broker.client.set(key, "elsewhere", px=600)
+        await wait_until(lambda: RUNS == ["start", "stop"])  # at its next renewal
+        assert hub.producers.names() == [] and hub.producers.standing_by() == ["rb_shared"]
+        assert (await broker.client.get(key)) == b"elsewhere"  # left alone
+        # That one goes away: its lease lapses, and this process takes over again.
+        await wait_until(lambda: hub.producers.running("rb_shared"))
+        assert RUNS == ["start", "stop", "start"]
+    assert RUNS == ["start", "stop", "start", "stop"]
+    other = await started(redis_url)
+    try:
+        assert await other.client.get(key) is None  # let go at shutdown, for others to take
+    finally:
+        await other.close()
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll the hub's state, which has no event to wait on; bounded in time."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.005)

@@ -309,8 +309,8 @@ async def test_a_shared_producer_runs_once_while_it_has_subscribers() -> None:
 async def test_an_eager_shared_producer_runs_without_subscribers() -> None:
     control = controls("rt_eager")
     async with make_hub(rt_eager) as hub:
-        assert hub.producers.running("rt_eager")
         await asyncio.wait_for(control.started.wait(), 5)
+        assert hub.producers.running("rt_eager")
         for expected in (0, 1):
             collecting = asyncio.create_task(acollect("rt_eager", 1, hub=hub, timeout=5))
             await wait_until(lambda: hub.activity.open_streams == 1)  # subscribed

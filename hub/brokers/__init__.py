@@ -11,6 +11,7 @@ from .base import (
     Entry,
     Gap,
     Interrupted,
+    Lease,
     Overflow,
     TopicConfig,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "Entry",
     "Gap",
     "Interrupted",
+    "Lease",
     "Overflow",
     "TopicConfig",
     "broker_from_url",

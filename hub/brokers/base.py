@@ -12,6 +12,7 @@ that a position from a lost history is recognised and reported as a gap.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ __all__ = [
     "BrokerUnavailable",
     "Entry",
     "Gap",
+    "Lease",
     "Overflow",
     "TopicConfig",
 ]
@@ -121,8 +123,24 @@ class BrokerSubscription(ABC):
         return 0
 
 
+class Lease:
+    """The right to run a shared stream's producer in this process, until released.
+
+    This one is for a broker of one process, where nobody else could take it: it is never
+    lost. A broker shared between processes returns one that renews itself.
+    """
+
+    async def kept(self) -> None:
+        """Keep the lease; return when it is lost (another process may hold it now)."""
+        await asyncio.get_running_loop().create_future()  # never: cancelled at release
+
+    async def release(self) -> None:  # noqa: B027 - nothing to give back here
+        """Let go, so that another process can take over at once."""
+
+
 class Broker(ABC):
     url: str
+    lease_retry: float = 1.0  # seconds between tries for a lease another process holds
 
     def declare(self, topic: str, config: TopicConfig) -> None:  # noqa: B027 - optional hook
         """Make a topic known, with its history bounds, before it is used."""
@@ -156,6 +174,11 @@ class Broker(ABC):
     def interrupt(self, topic: str, reason: str | None) -> None:  # noqa: B027 - optional hook
         """End this process's live subscribers of `topic`: a producer failed with `reason`,
         or finished (None)."""
+
+    async def lease(self, name: str) -> Lease | None:
+        """The lease to run shared stream `name`'s producer here, or None while another
+        process holds it. Raises `BrokerUnavailable`."""
+        return Lease()
 
     def buffered(self) -> tuple[int, int]:
         """Live entries queued for subscribers in this process: in all, and the most for one."""

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import secrets
+import socket
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -34,6 +37,7 @@ from .base import (
     Entry,
     Gap,
     Interrupted,
+    Lease,
     TopicConfig,
 )
 
@@ -44,6 +48,40 @@ logger = logging.getLogger("hub")
 _POSITION = re.compile(r"(\d{1,20})-(\d{1,20})")
 _FIELD = b"d"  # the event's JSON, the only field of an entry
 _BLOCK_MS = 1000  # how long one XREAD waits; also how soon a feed notices it is unneeded
+
+# A lease is a key holding its holder's token, with an expiry. Renewing and releasing must
+# only touch it while it is still ours: check and act in one step, in Redis.
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    user = f"{parts.username}:" if parts.username else ":"
+    return urlunsplit(parts._replace(netloc=f"{user}***@{netloc}"))
+
+
+def _seconds(text: str, name: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0
+    if not value > 0:
+        raise ValueError(f"the Redis URL's {name} must be a number of seconds > 0, got {text!r}")
+    return value
 
 
 def _order(position: str) -> tuple[int, int]:
@@ -95,6 +133,53 @@ class _Feed:
             self.broker.feed_ended(self)
 
 
+class _RedisLease(Lease):
+    """A shared producer's lease: `<prefix>lease:<name>` holds our token until it expires,
+    renewed every third of its time to live while the producer runs."""
+
+    def __init__(self, broker: RedisBroker, name: str, token: str, expires: float) -> None:
+        self.broker = broker
+        self.name = name
+        self.token = token
+        self.expires = expires  # loop time by which it has lapsed unless renewed
+
+    async def kept(self) -> None:
+        broker, loop = self.broker, asyncio.get_running_loop()
+        ttl = broker.lease_ttl
+        while True:
+            await asyncio.sleep(ttl / 3)
+            sent = loop.time()
+            try:
+                # Never wait for an answer past the expiry: by then it may be another's.
+                async with asyncio.timeout(max(self.expires - sent, 0)):
+                    renewed = await broker.renew(
+                        keys=[broker.lease_key(self.name)], args=[self.token, int(ttl * 1000)]
+                    )
+            except broker.errors as exc:  # a TimeoutError is an OSError
+                if loop.time() + ttl / 3 < self.expires:
+                    continue  # there is time for one more try
+                logger.warning(
+                    "shared stream %r stops here: its lease could not be renewed (%s)",
+                    self.name,
+                    str(exc) or type(exc).__name__,
+                )
+                return
+            if not renewed:
+                logger.warning(
+                    "shared stream %r stops here: another process holds its lease now", self.name
+                )
+                return
+            self.expires = sent + ttl
+
+    async def release(self) -> None:
+        broker = self.broker
+        try:
+            async with asyncio.timeout(1):
+                await broker.release(keys=[broker.lease_key(self.name)], args=[self.token])
+        except broker.errors:
+            pass  # it lapses by itself
+
+
 class RedisBroker(Broker):
     def __init__(self, url: str) -> None:
         try:
@@ -106,7 +191,10 @@ class RedisBroker(Broker):
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query))
         self.prefix = query.pop("prefix", "hub:")
-        self.url = url
+        self.lease_ttl = _seconds(query.pop("lease_ttl", "10"), "lease_ttl")
+        self.lease_retry = min(1.0, self.lease_ttl / 3)
+        # Shown in /health and in errors sent to clients: never with its password.
+        self.url = _without_password(url)
         from redis.asyncio.retry import Retry
         from redis.backoff import ExponentialBackoff
 
@@ -118,16 +206,34 @@ class RedisBroker(Broker):
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
         # What redis-py raises when Redis is down or drops the connection.
-        self._errors: tuple[type[BaseException], ...] = (
+        self.errors: tuple[type[Exception], ...] = (
             redis.ConnectionError,
             redis.TimeoutError,
             OSError,
         )
+        self.renew = self.client.register_script(_RENEW)
+        self.release = self.client.register_script(_RELEASE)
+        # Who holds a lease, for whoever looks at it in Redis: host, process, and one run.
+        self._holder = f"{socket.gethostname()}:{os.getpid()}"
         self._configs: dict[str, TopicConfig] = {}
         self._feeds: dict[str, _Feed] = {}
 
     def key(self, topic: str) -> str:
         return f"{self.prefix}topic:{topic}"
+
+    def lease_key(self, name: str) -> str:
+        return f"{self.prefix}lease:{name}"
+
+    async def lease(self, name: str) -> Lease | None:
+        token = f"{self._holder}:{secrets.token_hex(4)}"
+        asked = asyncio.get_running_loop().time()
+        try:
+            granted = await self.client.set(
+                self.lease_key(name), token, nx=True, px=int(self.lease_ttl * 1000)
+            )
+        except self.errors as exc:
+            raise self.unavailable(exc) from exc
+        return _RedisLease(self, name, token, asked + self.lease_ttl) if granted else None
 
     def declare(self, topic: str, config: TopicConfig) -> None:
         self._configs[topic] = config
@@ -158,7 +264,7 @@ class RedisBroker(Broker):
     async def last_position(self, topic: str) -> str:
         try:
             newest = await self.client.xrevrange(self.key(topic), count=1)
-        except self._errors as exc:
+        except self.errors as exc:
             raise self.unavailable(exc) from exc
         return newest[0][0].decode() if newest else "0-0"
 
@@ -196,7 +302,7 @@ class RedisBroker(Broker):
                     )
                 self._trim_by_age(pipe, topic, exact=False)
                 ids = (await pipe.execute())[: len(data)]
-        except self._errors as exc:
+        except self.errors as exc:
             raise self.unavailable(exc) from exc
         return [
             Entry.encode(topic, entry_id.decode(), item)
@@ -214,7 +320,7 @@ class RedisBroker(Broker):
             replay, newest, gap = await self._history(topic, after)
         except BaseException as exc:
             await reader.close()
-            if isinstance(exc, self._errors):
+            if isinstance(exc, self.errors):
                 raise self.unavailable(exc) from exc
             raise
         # Live entries that the replay already holds (or, after a gap with nothing to
