@@ -292,25 +292,29 @@ class Producers:
                 kept.cancel()
                 await asyncio.gather(producing, kept, return_exceptions=True)
                 await lease.release()
-            if producing.done() and not producing.cancelled():
+            if producing.done() and not producing.cancelled() and not producing.result():
                 return  # it ended or failed, and its subscribers here were told
-            # The lease was lost: another process may run it now. Stand by again.
+            # The lease was lost (another process may run it now), or the broker was: stand
+            # by again, until the lease can be had.
 
     async def _lease(self, name: str) -> Lease:
-        broker, complained = self._hub.broker, False
+        broker, failures = self._hub.broker, 0
         while True:
             try:
                 lease = await broker.lease(name)
             except BrokerUnavailable as exc:
-                if not complained:
+                if not failures:
                     logger.warning("shared stream %r waits for its broker: %s", name, exc)
-                    complained = True
-                lease = None
-            if lease is not None:
-                return lease
-            await asyncio.sleep(broker.lease_retry)
+                failures += 1
+            else:
+                if lease is not None:
+                    return lease
+                failures = 0
+            # Held elsewhere: ask again soon. Broker down: back off, up to 5 s.
+            await asyncio.sleep(min(broker.lease_retry * 2 ** min(failures, 8), 5.0))
 
-    async def _produce(self, definition: Topic) -> None:
+    async def _produce(self, definition: Topic) -> bool:
+        """Run the generator; True if it stopped because the broker is unavailable."""
         assert definition.producer is not None
         name, model, broker = definition.name, definition.event_model, self._hub.broker
         try:
@@ -322,6 +326,11 @@ class Producers:
                             f"expected {model.__name__}"
                         )
                     await broker.publish(name, [event.model_dump_json()])
+        except BrokerUnavailable as exc:
+            # Not the stream's fault: it runs again once the broker is back.
+            logger.warning("shared stream %r stops until its broker is back: %s", name, exc)
+            broker.interrupt(name, str(exc))
+            return True
         except Exception as exc:
             logger.exception("shared stream %r failed; its subscribers are told", name)
             broker.interrupt(name, f"{type(exc).__name__}: {exc}")
@@ -329,3 +338,4 @@ class Producers:
             broker.interrupt(name, None)  # the producer ended: so do its subscribers' streams
         finally:
             self._producing.discard(name)  # now, before any subscriber it told can look
+        return False

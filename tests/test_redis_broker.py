@@ -490,3 +490,55 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> Non
     async with asyncio.timeout(timeout):
         while not condition():
             await asyncio.sleep(0.005)
+
+
+@pytest.mark.anyio
+async def test_an_eager_producer_stops_while_redis_is_away_and_runs_again_after() -> None:
+    RUNS.clear()
+    redis = ThrowawayRedis()
+    redis.start()
+    registry = Registry()
+    registry.add(rb_shared)
+    broker = broker_from_url(f"redis://127.0.0.1:{redis.port}/0?prefix=eager:&lease_ttl=0.3")
+    try:
+        async with Hub(registry, broker=broker) as hub:
+            await wait_until(lambda: hub.producers.running("rb_shared"))
+            redis.stop()
+            await wait_until(lambda: RUNS == ["start", "stop"])  # its publish failed
+            assert hub.producers.standing_by() == ["rb_shared"]
+            redis.start()
+            await wait_until(lambda: hub.producers.running("rb_shared"), timeout=15)
+            assert RUNS == ["start", "stop", "start"]
+    finally:
+        if redis.process is not None and redis.process.poll() is None:
+            redis.stop()
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_caller_is_cancelled_whatever_redis_py_does(redis_url: str) -> None:
+    # redis-py can swallow a cancellation that lands mid-command (it returns as if none came):
+    # a feed, a producer or a subscriber would then outlive its cancel. Cancel at every
+    # point of a few hundred commands and check that the cancellation always arrives.
+    broker = await started(redis_url)
+    try:
+        outcomes = {"cancelled": 0, "finished first": 0}
+        for n in range(300):
+            calls = [
+                lambda: broker.publish("t", ["1"]),
+                lambda: broker.last_position("t"),
+                lambda: broker.lease("p"),
+            ]
+            task = asyncio.create_task(calls[n % 3]())
+            for _ in range(n % 7):
+                await asyncio.sleep(0)
+            requested = task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                outcomes["cancelled"] += 1
+            else:
+                assert not requested, "a cancellation was swallowed"
+                outcomes["finished first"] += 1
+        assert outcomes["cancelled"] > 100  # the race was really run
+    finally:
+        await broker.close()

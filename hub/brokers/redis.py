@@ -25,8 +25,8 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ._fanout import Reader
@@ -42,6 +42,8 @@ from .base import (
 )
 
 __all__ = ["RedisBroker"]
+
+T = TypeVar("T")
 
 logger = logging.getLogger("hub")
 
@@ -110,13 +112,14 @@ class _Feed:
         self.task = asyncio.create_task(self._run(), name=f"hub redis feed {topic}")
 
     async def _run(self) -> None:
-        key = self.broker.key(self.topic)
-        client = self.broker.client
+        key, broker = self.broker.key(self.topic), self.broker
         try:
-            self.after = await self.broker.last_position(self.topic)
+            self.after = await broker.last_position(self.topic)
             self.started.set_result(None)
             while self.readers:
-                reply = await client.xread({key: self.after}, block=_BLOCK_MS, count=1000)
+                reply = await broker.call(
+                    lambda client: client.xread({key: self.after}, block=_BLOCK_MS, count=1000)
+                )
                 for _, items in reply or ():
                     entries = _entries(self.topic, items)
                     self.after = entries[-1].position
@@ -126,7 +129,7 @@ class _Feed:
             logger.exception("reading topic %r from Redis failed", self.topic)
             if not self.started.done():
                 self.started.set_exception(exc)
-            reason = str(self.broker.unavailable(exc))
+            reason = str(exc if isinstance(exc, BrokerUnavailable) else broker.unavailable(exc))
             for reader in list(self.readers):
                 reader.fail(Interrupted(reason), keep_backlog=True)
         finally:
@@ -152,10 +155,12 @@ class _RedisLease(Lease):
             try:
                 # Never wait for an answer past the expiry: by then it may be another's.
                 async with asyncio.timeout(max(self.expires - sent, 0)):
-                    renewed = await broker.renew(
-                        keys=[broker.lease_key(self.name)], args=[self.token, int(ttl * 1000)]
+                    renewed = await broker.call(
+                        lambda _: broker.renew(
+                            keys=[broker.lease_key(self.name)], args=[self.token, int(ttl * 1000)]
+                        )
                     )
-            except broker.errors as exc:  # a TimeoutError is an OSError
+            except (BrokerUnavailable, TimeoutError) as exc:
                 if loop.time() + ttl / 3 < self.expires:
                     continue  # there is time for one more try
                 logger.warning(
@@ -175,8 +180,10 @@ class _RedisLease(Lease):
         broker = self.broker
         try:
             async with asyncio.timeout(1):
-                await broker.release(keys=[broker.lease_key(self.name)], args=[self.token])
-        except broker.errors:
+                await broker.call(
+                    lambda _: broker.release(keys=[broker.lease_key(self.name)], args=[self.token])
+                )
+        except (BrokerUnavailable, TimeoutError):
             pass  # it lapses by itself
 
 
@@ -204,6 +211,11 @@ class RedisBroker(Broker):
             urlunsplit(parts._replace(query=urlencode(query))),
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+            # A Redis that stops answering (a host gone, a network cut) is an error within
+            # seconds, not a wait of minutes; a read must outlast XREAD's block. The URL's
+            # own `socket_timeout` / `socket_connect_timeout` win.
+            socket_connect_timeout=5,
+            socket_timeout=_BLOCK_MS / 1000 + 9,
         )
         # What redis-py raises when Redis is down or drops the connection.
         self.errors: tuple[type[Exception], ...] = (
@@ -217,6 +229,35 @@ class RedisBroker(Broker):
         self._holder = f"{socket.gethostname()}:{os.getpid()}"
         self._configs: dict[str, TopicConfig] = {}
         self._feeds: dict[str, _Feed] = {}
+        self._commands: set[asyncio.Future[Any]] = set()
+
+    async def call(self, command: Callable[[Any], Awaitable[T]]) -> T:
+        """`command(client)`, in a task of its own that is never cancelled.
+
+        redis-py (8.1) can swallow a cancellation that arrives during a command, and return
+        as if nothing happened, or leave the connection broken by it. So a caller that is
+        cancelled stops waiting at once, and the command finishes by itself, its answer
+        dropped. Raises `BrokerUnavailable` when Redis cannot be reached.
+        """
+        task = asyncio.ensure_future(command(self.client))
+        self._commands.add(task)
+        task.add_done_callback(self._commands.discard)
+        try:
+            return await asyncio.shield(task)
+        except self.errors as exc:
+            raise self.unavailable(exc) from exc
+
+    async def transaction(
+        self, build: Callable[[Any], None], *, raise_on_error: bool = True
+    ) -> list[Any]:
+        """Run the commands `build(pipeline)` queues in one MULTI/EXEC (see `call`)."""
+
+        async def run(client: Any) -> list[Any]:
+            async with client.pipeline(transaction=True) as pipe:
+                build(pipe)
+                return cast(list[Any], await pipe.execute(raise_on_error=raise_on_error))
+
+        return await self.call(run)
 
     def key(self, topic: str) -> str:
         return f"{self.prefix}topic:{topic}"
@@ -227,12 +268,11 @@ class RedisBroker(Broker):
     async def lease(self, name: str) -> Lease | None:
         token = f"{self._holder}:{secrets.token_hex(4)}"
         asked = asyncio.get_running_loop().time()
-        try:
-            granted = await self.client.set(
+        granted = await self.call(
+            lambda client: client.set(
                 self.lease_key(name), token, nx=True, px=int(self.lease_ttl * 1000)
             )
-        except self.errors as exc:
-            raise self.unavailable(exc) from exc
+        )
         return _RedisLease(self, name, token, asked + self.lease_ttl) if granted else None
 
     def declare(self, topic: str, config: TopicConfig) -> None:
@@ -243,8 +283,10 @@ class RedisBroker(Broker):
 
     async def start(self) -> None:
         try:
-            await self.client.ping()
-        except Exception as exc:
+            await self.call(lambda client: client.ping())
+        except BrokerUnavailable:
+            raise
+        except Exception as exc:  # e.g. a refused password
             raise self.unavailable(exc) from exc
 
     async def close(self) -> None:
@@ -253,6 +295,10 @@ class RedisBroker(Broker):
         for feed in feeds:
             feed.task.cancel()
         await asyncio.gather(*(feed.task for feed in feeds), return_exceptions=True)
+        if self._commands:
+            # Left running by callers that were cancelled: let the quick ones finish. A feed's
+            # blocking XREAD is cut short by closing the connections.
+            await asyncio.wait(self._commands, timeout=0.2)
         await self.client.aclose()
 
     def check_position(self, position: str) -> None:
@@ -262,19 +308,18 @@ class RedisBroker(Broker):
             )
 
     async def last_position(self, topic: str) -> str:
-        try:
-            newest = await self.client.xrevrange(self.key(topic), count=1)
-        except self.errors as exc:
-            raise self.unavailable(exc) from exc
+        newest = await self.call(lambda client: client.xrevrange(self.key(topic), count=1))
         return newest[0][0].decode() if newest else "0-0"
 
     async def bounds(self, topic: str) -> tuple[str, str] | None:
         key = self.key(topic)
-        async with self.client.pipeline(transaction=True) as pipe:
+
+        def build(pipe: Any) -> None:
             self._trim_by_age(pipe, topic, exact=True)
             pipe.xrange(key, count=1)
             pipe.xrevrange(key, count=1)
-            *_, oldest, newest = await pipe.execute()
+
+        *_, oldest, newest = await self.transaction(build)
         if not oldest:
             return None
         return oldest[0][0].decode(), newest[0][0].decode()
@@ -293,17 +338,14 @@ class RedisBroker(Broker):
         return self._configs.get(topic) or TopicConfig()
 
     async def publish(self, topic: str, data: Sequence[str]) -> list[Entry]:
-        history = self._config(topic).history
-        try:
-            async with self.client.pipeline(transaction=True) as pipe:
-                for item in data:
-                    pipe.xadd(
-                        self.key(topic), {_FIELD: item}, maxlen=max(history, 1), approximate=True
-                    )
-                self._trim_by_age(pipe, topic, exact=False)
-                ids = (await pipe.execute())[: len(data)]
-        except self.errors as exc:
-            raise self.unavailable(exc) from exc
+        key, history = self.key(topic), max(self._config(topic).history, 1)
+
+        def build(pipe: Any) -> None:
+            for item in data:
+                pipe.xadd(key, {_FIELD: item}, maxlen=history, approximate=True)
+            self._trim_by_age(pipe, topic, exact=False)
+
+        ids = (await self.transaction(build))[: len(data)]
         return [
             Entry.encode(topic, entry_id.decode(), item)
             for entry_id, item in zip(ids, data, strict=True)
@@ -318,10 +360,8 @@ class RedisBroker(Broker):
         try:
             await asyncio.shield(feed.started)
             replay, newest, gap = await self._history(topic, after)
-        except BaseException as exc:
+        except BaseException:
             await reader.close()
-            if isinstance(exc, self.errors):
-                raise self.unavailable(exc) from exc
             raise
         # Live entries that the replay already holds (or, after a gap with nothing to
         # replay, that existed when it was read) are dropped: no duplicate at the seam.
@@ -342,13 +382,15 @@ class RedisBroker(Broker):
         behind): either way events may be missing, and the subscriber is told.
         """
         key = self.key(topic)
-        async with self.client.pipeline(transaction=True) as pipe:
+
+        def build(pipe: Any) -> None:
             self._trim_by_age(pipe, topic, exact=True)
             pipe.xrange(key, min=after, max="+")
             pipe.xrevrange(key, count=1)
             if after == "0-0":
                 pipe.xinfo_stream(key)
-            results = await pipe.execute(raise_on_error=False)
+
+        results = await self.transaction(build, raise_on_error=False)
         for result in results[: len(results) - (after == "0-0")]:
             if isinstance(result, Exception):
                 raise result  # XINFO alone may fail: on a stream that does not exist yet
