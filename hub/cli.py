@@ -59,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
         "--broker",
         help="where topics live: memory:// (default) or redis://host:6379/0?prefix=hub:",
     )
+    serve.add_argument(
+        "--broker-wait",
+        type=float,
+        metavar="SECONDS",
+        help="wait up to SECONDS for an unreachable broker at start (default 0: exit at once)",
+    )
     serve.add_argument("--max-streams", type=int, help="streams per request (default 16)")
     serve.add_argument(
         "--buffer",
@@ -117,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.streams, builtin=settings.builtin_streams, entry_points=settings.entry_points
         )
         if args.command == "serve":
-            asyncio.run(_reach(settings.broker))
+            asyncio.run(_reach(settings.broker, settings.broker_wait))
     except (SettingsError, PluginError, ValueError, BrokerUnavailable) as exc:
         print(f"hub: error: {exc}", file=sys.stderr)
         return 2
@@ -136,13 +142,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _serve(settings, registry, reload=args.reload, workers=args.workers)
 
 
-async def _reach(url: str) -> None:
-    """Fail now, with a clear message, if the broker cannot be reached."""
-    broker = broker_from_url(url)
-    try:
-        await broker.start()
-    finally:
-        await broker.close()
+async def _reach(url: str, wait: float = 0.0) -> None:
+    """Fail now, with a clear message, if the broker cannot be reached; or keep trying for up
+    to `wait` seconds, backing off, saying so once."""
+    loop = asyncio.get_running_loop()
+    deadline, delay = loop.time() + wait, 0.1
+    while True:
+        broker = broker_from_url(url)
+        try:
+            await broker.start()
+            return
+        except BrokerUnavailable as exc:
+            if loop.time() + delay > deadline:
+                raise
+            if delay == 0.1:
+                print(f"hub: waiting up to {wait:g} s for the broker: {exc}", file=sys.stderr)
+        finally:
+            await broker.close()
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
 
 
 def _serve(settings: Settings, registry: Registry, *, reload: bool, workers: int = 1) -> int:

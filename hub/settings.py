@@ -24,6 +24,7 @@ class Settings:
     builtin_streams: bool = True
     entry_points: bool = True
     broker: str = "memory://"  # where topics live
+    broker_wait: float = 0.0  # seconds to wait at start for an unreachable broker; 0 = fail now
     max_streams: int = 16
     buffer: int = 1000  # live frames queued per subscriber and topic before it is cut off
     max_publish_bytes: int = 1024 * 1024  # largest POST body accepted
@@ -41,7 +42,7 @@ class Settings:
         for name in ("max_streams", "buffer", "max_publish_bytes"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("ping_interval", "send_timeout"):
+        for name in ("ping_interval", "send_timeout", "broker_wait"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name} must be >= 0 seconds, got {getattr(self, name)}")
 
@@ -93,6 +94,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "builtin_streams": _boolean,
     "entry_points": _boolean,
     "broker": str,
+    "broker_wait": float,
     "max_streams": int,
     "buffer": int,
     "max_publish_bytes": int,

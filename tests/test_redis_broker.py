@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -542,3 +543,27 @@ async def test_a_cancelled_caller_is_cancelled_whatever_redis_py_does(redis_url:
         assert outcomes["cancelled"] > 100  # the race was really run
     finally:
         await broker.close()
+
+
+def test_serve_refuses_an_unreachable_redis_or_waits_for_it_when_asked() -> None:
+    redis = ThrowawayRedis()  # a free port, with nothing on it yet
+    url = f"redis://127.0.0.1:{redis.port}/0?prefix=wait:"
+    serve = [sys.executable, "-m", "hub", "serve", "--port", "0", "--broker", url]
+    refused = subprocess.run(serve, capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 2
+    assert f"hub: error: the Redis broker at {url} is unavailable" in refused.stderr
+    waiting = subprocess.Popen(
+        [*serve, "--broker-wait", "30"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert waiting.stdout is not None
+    try:
+        lines = iter(waiting.stdout)
+        assert any("hub: waiting up to 30 s for the broker" in line for line in lines)
+        redis.start()
+        assert any("Uvicorn running on" in line for line in lines)
+    finally:
+        waiting.terminate()
+        waiting.wait(10)
+        waiting.stdout.close()
+        if redis.process is not None:
+            redis.stop()
