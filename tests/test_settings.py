@@ -37,6 +37,7 @@ def test_from_env_reads_every_variable() -> None:
         "HUB_PING_INTERVAL": "2.5",
         "HUB_RETRY": "0",
         "HUB_SEND_TIMEOUT": "0.25",
+        "HUB_BROKER_WAIT": "30",
         "HUB_LOG_LEVEL": "DEBUG",
         "OTHER": "ignored",
     }
@@ -50,6 +51,7 @@ def test_from_env_reads_every_variable() -> None:
         ping_interval=2.5,
         retry=0,
         send_timeout=0.25,
+        broker_wait=30.0,
         log_level="debug",
     )
 
@@ -127,6 +129,7 @@ def test_bad_value_names_the_variable(variable: str, text: str) -> None:
         ("HUB_RETRY", "-1", "retry"),
         ("HUB_PING_INTERVAL", "-0.5", "ping_interval"),
         ("HUB_SEND_TIMEOUT", "-1", "send_timeout"),
+        ("HUB_BROKER_WAIT", "-1", "broker_wait"),
     ],
 )
 def test_out_of_range_values_are_rejected(variable: str, text: str, setting: str) -> None:
@@ -186,6 +189,7 @@ def test_to_env_round_trips(settings: Settings) -> None:
         "HUB_BUILTIN_STREAMS",
         "HUB_ENTRY_POINTS",
         "HUB_BROKER",
+        "HUB_BROKER_WAIT",
         "HUB_MAX_STREAMS",
         "HUB_BUFFER",
         "HUB_MAX_PUBLISH_BYTES",
