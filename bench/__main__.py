@@ -44,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N,N,...",
         help="subscriber counts of the fan-out scenario (default 100,1000,5000,10000; quick: 100)",
     )
+    parser.add_argument(
+        "--redis",
+        default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        help="the Redis of the cluster scenario (default: $REDIS_URL, else "
+        "redis://127.0.0.1:6379/0); its keys go under a prefix of each run's own",
+    )
     parser.add_argument("--output", type=Path, help="where to write the results")
     return parser
 
@@ -72,10 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.runs is not None and args.runs < 1:
         raise SystemExit("--runs must be at least 1")
     if args.quick:
-        plan = quick_plan(args.runs or 1, args.processes)
+        plan = quick_plan(args.runs or 1, args.processes, args.redis)
         output = args.output or BENCH / "RESULTS-quick.md"
     else:
-        plan = full_plan(args.runs or 3, args.processes)
+        plan = full_plan(args.runs or 3, args.processes, args.redis)
         output = args.output or BENCH / "RESULTS.md"
     if args.fanout_sizes:
         sizes = tuple(int(n) for n in args.fanout_sizes.split(","))

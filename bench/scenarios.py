@@ -13,15 +13,19 @@ import math
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 from bench.client import Job, LoadClient, Report, first_frames, publish
 from bench.report import HUB, Results, Scenario
 from bench.servers import (
     Server,
+    forget_run,
     hub_command,
     nchan_missing,
+    redis_missing,
+    redis_url_for_run,
     start_bare,
     start_hub,
     start_nchan,
@@ -59,6 +63,8 @@ class Plan:
     stream_seconds: float  # firehose and merge: the counting window
     warmup_seconds: float  # firehose and merge: before counting starts
     fanout_sizes: tuple[int, ...]
+    cluster_sizes: tuple[int, ...]  # fan-out over hub processes sharing Redis
+    redis: str  # the Redis the cluster scenario uses (its keys under a prefix of its own)
     publish_rate: float  # publishes per second
     publish_seconds: float
     settle_seconds: float  # after every subscriber is connected, before publishing
@@ -80,6 +86,8 @@ class Plan:
             f"fan-out: {sizes} subscribers; {self.publish_rate:g} publishes/s for "
             f"{self.publish_seconds:g} s after a {self.settle_seconds:g} s settle; deliveries "
             f"counted until {self.drain_seconds:g} s after the last publish",
+            f"cluster: {', '.join(f'{n:,}' for n in self.cluster_sizes)} subscribers, as in "
+            f"fan-out, on Redis at {self.redis}",
             f"idle: {self.idle_subscribers:,} subscribers; first frame: "
             f"{self.first_frame_requests} sequential requests",
             f"load client: raw asyncio protocols, {self.processes} processes for many "
@@ -87,7 +95,7 @@ class Plan:
         ]
 
 
-def full_plan(runs: int, processes: int) -> Plan:
+def full_plan(runs: int, processes: int, redis: str) -> Plan:
     return Plan(
         quick=False,
         runs=runs,
@@ -95,6 +103,8 @@ def full_plan(runs: int, processes: int) -> Plan:
         stream_seconds=5.0,
         warmup_seconds=0.5,
         fanout_sizes=(100, 1_000, 5_000, 10_000),
+        cluster_sizes=(1_000, 5_000),
+        redis=redis,
         publish_rate=10.0,
         publish_seconds=10.0,
         settle_seconds=1.0,
@@ -104,7 +114,7 @@ def full_plan(runs: int, processes: int) -> Plan:
     )
 
 
-def quick_plan(runs: int, processes: int) -> Plan:
+def quick_plan(runs: int, processes: int, redis: str) -> Plan:
     return Plan(
         quick=True,
         runs=runs,
@@ -112,6 +122,8 @@ def quick_plan(runs: int, processes: int) -> Plan:
         stream_seconds=2.0,
         warmup_seconds=0.3,
         fanout_sizes=(100,),
+        cluster_sizes=(100,),
+        redis=redis,
         publish_rate=10.0,
         publish_seconds=2.0,
         settle_seconds=1.0,
@@ -286,68 +298,146 @@ def _body(seq: int, sent_at: float) -> bytes:
 async def fanout(plan: Plan, results: Results) -> None:
     subscribe = {HUB: "/events?streams=bench", NCHAN: "/sub"}
     publish_to = {HUB: "/streams/bench/events", NCHAN: "/pub"}
-    publishes = round(plan.publish_rate * plan.publish_seconds)
 
     for size in plan.fanout_sizes:
         case = f"{size:,} subscribers"
 
         async def measure(name: str, server: Server, size: int = size, case: str = case) -> str:
-            job = Job(server.port, subscribe[name], size, latency=True, connect_timeout=240)
-            connecting = time.perf_counter()
-            async with LoadClient(job, plan.processes) as client:
-                connecting = time.perf_counter() - connecting
-                if client.connected < size:
-                    results.note(
-                        "fanout",
-                        f"{name}, {case}: only {client.connected:,} connected ({client.errors})",
-                    )
-                await asyncio.sleep(plan.settle_seconds)
-                await client.reset()
-                cpu, started = server.cpu_seconds(), time.perf_counter()
-                machine = machine_busy()
-                sent = await publish(
-                    server.port, publish_to[name], plan.publish_rate, publishes, _body
-                )
-                window = time.perf_counter() - started
-                cpu = server.cpu_seconds() - cpu
-                results.observe(
-                    "fanout",
-                    f"whole machine CPU busy while publishing (cores of {CPUS}: server, "
-                    "client, publisher, kernel and anything else)",
-                    f"{case}, {name}",
-                    busy_cores(machine, CPUS),
-                )
-                expected = size * sent.ok
-                deadline = time.monotonic() + plan.drain_seconds
-                while time.monotonic() < deadline:
-                    _, deliveries = await client.poll()
-                    if deliveries >= expected:
-                        break
-                    await asyncio.sleep(0.1)
-                report = await client.stop()
-            if sent.failed:
-                results.note(
-                    "fanout", f"{name}, {case}: {sent.failed} publishes failed {sent.errors}"
-                )
-            latencies = sorted(report.latencies)
-            delivered = report.deliveries / (size * publishes)
-            if latencies:
-                for label, fraction in (("p50", 0.5), ("p99", 0.99), ("max", 1.0)):
-                    value = percentile(latencies, fraction) * 1000
-                    results.add("fanout", case, f"{label} latency (ms)", name, value)
-            results.add("fanout", case, "delivered (fraction)", name, delivered)
-            results.add("fanout", case, "server CPU (cores)", name, cpu / window)
-            _client_note(results, "fanout", name, report, case)
-            return (
-                f"{case}: p50 {percentile(latencies, 0.5) * 1000:.1f} ms, "
-                f"p99 {percentile(latencies, 0.99) * 1000:.1f} ms, delivered {delivered:.4f}, "
-                f"server CPU {cpu / window:.2f}; connecting took {connecting:.1f} s, "
-                f"slowest publish {sent.slowest * 1000:.0f} ms"
-            )
+            paths = (subscribe[name], publish_to[name])
+            return await _fan_out(plan, results, "fanout", name, [server], paths, size, case)
 
         await each_run(
             plan, results, "fanout", _servers(plan, results, "fanout", FANOUT.anchors), measure
         )
+
+
+async def _fan_out(
+    plan: Plan,
+    results: Results,
+    scenario: str,
+    name: str,
+    servers: Sequence[Server],
+    paths: tuple[str, str],
+    size: int,
+    case: str,
+) -> str:
+    """One fan-out measurement: `size` subscribers spread evenly over `servers`, the
+    publisher on the first; figures recorded under `scenario`, `case` and `name`."""
+    subscribe, publish_to = paths
+    publishes = round(plan.publish_rate * plan.publish_seconds)
+    shares = [size // len(servers) + (i < size % len(servers)) for i in range(len(servers))]
+    processes = max(1, plan.processes // len(servers))
+    connecting = time.perf_counter()
+    async with AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(
+                LoadClient(
+                    Job(server.port, subscribe, share, latency=True, connect_timeout=240),
+                    processes,
+                )
+            )
+            for server, share in zip(servers, shares, strict=True)
+        ]
+        connecting = time.perf_counter() - connecting
+        connected = sum(client.connected for client in clients)
+        if connected < size:
+            errors = [error for client in clients for error in client.errors][:5]
+            results.note(scenario, f"{name}, {case}: only {connected:,} connected ({errors})")
+        await asyncio.sleep(plan.settle_seconds)
+        for client in clients:
+            await client.reset()
+        cpu, started = sum(s.cpu_seconds() for s in servers), time.perf_counter()
+        machine = machine_busy()
+        sent = await publish(servers[0].port, publish_to, plan.publish_rate, publishes, _body)
+        window = time.perf_counter() - started
+        cpu = sum(s.cpu_seconds() for s in servers) - cpu
+        results.observe(
+            scenario,
+            f"whole machine CPU busy while publishing (cores of {CPUS}: servers, "
+            "client, publisher, kernel and anything else)",
+            f"{case}, {name}",
+            busy_cores(machine, CPUS),
+        )
+        expected = size * sent.ok
+        deadline = time.monotonic() + plan.drain_seconds
+        while time.monotonic() < deadline:
+            deliveries = sum([(await client.poll())[1] for client in clients])
+            if deliveries >= expected:
+                break
+            await asyncio.sleep(0.1)
+        report = Report()
+        for client in clients:
+            report.merge(await client.stop())
+    if sent.failed:
+        results.note(scenario, f"{name}, {case}: {sent.failed} publishes failed {sent.errors}")
+    latencies = sorted(report.latencies)
+    delivered = report.deliveries / (size * publishes)
+    if latencies:
+        for label, fraction in (("p50", 0.5), ("p99", 0.99), ("max", 1.0)):
+            value = percentile(latencies, fraction) * 1000
+            results.add(scenario, case, f"{label} latency (ms)", name, value)
+    results.add(scenario, case, "delivered (fraction)", name, delivered)
+    results.add(scenario, case, "server CPU (cores)", name, cpu / window)
+    _client_note(results, scenario, name, report, case)
+    return (
+        f"{case}: p50 {percentile(latencies, 0.5) * 1000:.1f} ms, "
+        f"p99 {percentile(latencies, 0.99) * 1000:.1f} ms, delivered {delivered:.4f}, "
+        f"server CPU {cpu / window:.2f}; connecting took {connecting:.1f} s, "
+        f"slowest publish {sent.slowest * 1000:.0f} ms"
+    )
+
+
+REDIS_ONE = "hub, redis"
+REDIS_TWO = "2 hubs, redis"
+CLUSTER = Scenario(
+    "cluster",
+    "fan-out across hub processes sharing Redis",
+    "The fan-out scenario on the `redis://` broker: N subscribers of the `bench` topic spread "
+    "evenly over the hub processes (each its own `hub serve --broker redis://...`, keys under "
+    "a prefix of the run's own, deleted after it), the publisher on the first. Servers: "
+    f"`{HUB}` = one process on the embedded memory broker (as in fan-out), `{REDIS_ONE}` = one "
+    f"process on Redis, `{REDIS_TWO}` = two processes on Redis, the load client's processes "
+    "split between them. Figures as in fan-out; server CPU is summed over the hub processes "
+    "(Redis's own is not counted). On one 2-core machine the hubs, Redis and the load client "
+    "share the cores: a second process adds no core of its own here, unlike on two machines.",
+    (REDIS_ONE, REDIS_TWO),
+)
+
+
+async def cluster(plan: Plan, results: Results) -> None:
+    missing = await redis_missing(plan.redis)
+    if missing:
+        results.note("cluster", f"skipped: {missing}")
+        log(f"[cluster] skipped: {missing}")
+        return
+    paths = ("/events?streams=bench", "/streams/bench/events")
+    setups = [(HUB, 1, False), (REDIS_ONE, 1, True), (REDIS_TWO, 2, True)]
+    if plan.quick:
+        setups = setups[-1:]
+    for size in plan.cluster_sizes:
+        case = f"{size:,} subscribers"
+        for run in range(plan.runs):
+            for name, count, on_redis in setups:
+                label = f"[cluster] {name} run {run + 1}/{plan.runs}"
+                broker = redis_url_for_run(plan.redis) if on_redis else None
+                try:
+                    async with AsyncExitStack() as stack:
+                        servers = [
+                            await stack.enter_async_context(await start_hub(broker))
+                            for _ in range(count)
+                        ]
+                        summary = await asyncio.wait_for(
+                            _fan_out(plan, results, "cluster", name, servers, paths, size, case),
+                            MEASUREMENT_LIMIT,
+                        )
+                except Exception as exc:
+                    results.error("cluster", f"{name}, run {run + 1}: {type(exc).__name__}: {exc}")
+                    log(f"{label}: FAILED: {exc}")
+                    continue
+                finally:
+                    if broker:
+                        await forget_run(broker)
+                log(f"{label}: {summary}")
 
 
 IDLE = Scenario(
@@ -450,6 +540,7 @@ ALL: dict[str, tuple[Scenario, Callable[[Plan, Results], Awaitable[None]]]] = {
     "firehose": (FIREHOSE, firehose),
     "merge": (MERGE, merge),
     "fanout": (FANOUT, fanout),
+    "cluster": (CLUSTER, cluster),
     "idle": (IDLE, idle),
     "first-frame": (FIRST_FRAME, first_frame),
     "startup": (STARTUP, startup),

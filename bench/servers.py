@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -22,6 +23,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 BENCH = Path(__file__).resolve().parent
 PROJECT = BENCH.parent
@@ -218,8 +220,9 @@ async def _started(server: Server, path: str | None = None) -> Server:
     return server
 
 
-async def start_hub() -> Server:
-    """The hub with its built-in streams and the bench plugin, without an access log."""
+async def start_hub(broker: str | None = None) -> Server:
+    """The hub with its built-in streams and the bench plugin, without an access log; on
+    `broker` if given (else the embedded memory broker)."""
     port = free_port()
     command = [
         *hub_command(),
@@ -233,6 +236,7 @@ async def start_hub() -> Server:
         "--no-entry-points",
         "--log-level",
         "warning",
+        *(["--broker", broker] if broker else []),
     ]
     return await _started(Server("hub", command, port), "/health")
 
@@ -306,3 +310,43 @@ async def nginx_version() -> str | None:
     )
     out, _ = await process.communicate()
     return out.decode().strip().split("/", 1)[-1]
+
+
+async def redis_missing(url: str) -> str | None:
+    """Why the cluster scenario cannot run against the Redis at `url`, or None if it can."""
+    try:
+        import redis.asyncio as redis
+    except ImportError:
+        return "redis-py is not installed (pip install -e '.[bench]')"
+    client = redis.from_url(url, socket_connect_timeout=5)
+    try:
+        await client.ping()
+    except Exception as exc:
+        return f"no Redis at {url}: {exc}"
+    finally:
+        await client.aclose()
+    return None
+
+
+def redis_url_for_run(url: str) -> str:
+    """`url` with a key prefix of its own, so that runs never meet each other's topics."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query["prefix"] = f"bench-{secrets.token_hex(4)}:"
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+async def forget_run(url: str) -> None:
+    """Delete the keys under the prefix of `url` (a `redis_url_for_run`)."""
+    import redis.asyncio as redis
+
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    prefix = query.pop("prefix")
+    client = redis.from_url(urlunsplit(parts._replace(query=urlencode(query))))
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()

@@ -33,10 +33,19 @@ def _figures(markdown: str) -> dict[tuple[str, str, str, str], float]:
 
 
 @pytest.mark.timeout(180)
-def test_quick_mode_measures_every_scenario_of_the_hub(tmp_path: Path) -> None:
+def test_quick_mode_measures_every_scenario_of_the_hub(tmp_path: Path, redis_server: str) -> None:
     output = tmp_path / "RESULTS-quick.md"
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--output", str(output)],
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--output",
+            str(output),
+            "--redis",
+            redis_server,
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -65,8 +74,12 @@ def test_quick_mode_measures_every_scenario_of_the_hub(tmp_path: Path) -> None:
     assert hub("idle", "200 subscribers", "RSS per connection (KiB)") > 0
     assert hub("first-frame", "echo, count=1", "p50 (ms)") > 0
     assert hub("startup", "spawn to listening", "start-up (s)") > 0
-    # Quick mode runs the hub alone: no anchor rows.
-    assert {key[3] for key in figures} == {"hub"}
+    cluster = {key[2]: value for key, value in figures.items() if key[0] == "cluster"}
+    assert cluster["delivered (fraction)"] == 1.0
+    assert 0 < cluster["p50 latency (ms)"] <= cluster["p99 latency (ms)"]
+    # Quick mode runs the hub alone, no anchor; the cluster scenario only its two processes.
+    assert {key[3] for key in figures if key[0] != "cluster"} == {"hub"}
+    assert {key[3] for key in figures if key[0] == "cluster"} == {"2 hubs, redis"}
 
 
 class _Transport:

@@ -27,33 +27,6 @@ from hub.brokers.redis import RedisBroker, _order
 from hub.testing import HubServer
 
 
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[str]:
-    """REDIS_URL if set; else a throwaway redis-server on a free port, stopped afterwards."""
-    if os.environ.get("REDIS_URL"):
-        yield os.environ["REDIS_URL"]
-        return
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is needed: install it (Debian: apt-get install redis-server)"
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert process.stdout is not None
-    for line in process.stdout:  # wait for it to say it is ready, not for a timer
-        if "Ready to accept connections" in line:
-            break
-    yield f"redis://127.0.0.1:{port}/0"
-    process.terminate()
-    process.wait(10)
-    process.stdout.close()
-
-
 @pytest.fixture
 def redis_url(redis_server: str) -> str:
     """The server's URL with a key prefix of this test's own."""
