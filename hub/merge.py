@@ -75,28 +75,32 @@ async def frames(
     direct: Callable[[bytes], bool] | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """The SSE frames of a subscription, a chunk per batch: each event with the cursor after it
-    as its id. `preamble` (the retry hint) goes first, before anything is opened.
+    as its id. `preamble` (the retry hint) goes first, once every topic's starting position
+    is known, before anything is opened.
 
     `direct` sends frames on the subscriber's connection at once (`SSEResponse.send_now`):
     a subscription to one topic alone lets the broker deliver through it while nothing is
     queued, so that its own task need not wake for each event.
     """
-    if preamble:
-        yield preamble
     activity = hub.activity
     start = dict(subscription.start)
     try:
         for selected in subscription.selected:
             # Without a cursor a topic starts live; naming where "live" begins makes the first
             # id an exact resume point, and replays whatever is published while we set up.
+            # Done before the first chunk, which the response head waits for: a client that
+            # has the head misses nothing published after it.
             if isinstance(selected.stream, Topic) and start.get(selected.name) is None:
                 start[selected.name] = await hub.broker.last_position(selected.name)
     except BrokerUnavailable as exc:
         # Say so for every topic, and end: the client reconnects, and resumes once it is back.
-        for selected in subscription.selected:
-            if isinstance(selected.stream, Topic):
-                yield control_body("error", stream=selected.name, error=str(exc))
+        yield preamble + b"".join(
+            control_body("error", stream=selected.name, error=str(exc))
+            for selected in subscription.selected
+            if isinstance(selected.stream, Topic)
+        )
         return
+    yield preamble  # even empty: the response head waits for this first chunk
     writer = CursorWriter(subscription.names, start)
     solo = len(subscription.selected) == 1
     sources = [

@@ -101,10 +101,17 @@ class SSEResponse(Response):
             self._tracker.track(self)
         self._watch(receive)
         try:
-            # Inline rather than in a helper: a subscriber's stack of frames lives as long as
-            # it does, and there are thousands of subscribers.
-            await self._send(send, start)
             try:
+                # The head waits for the first chunk (for the hub, the retry hint, ready once
+                # every topic's starting position is fixed), and goes out with it.
+                first = await anext(self.chunks, None)
+                await self._send(send, start)
+                if first:
+                    await self._send(
+                        send, {"type": "http.response.body", "body": first, "more_body": True}
+                    )
+                # Inline rather than in a helper: a subscriber's stack of frames lives as long
+                # as it does, and there are thousands of subscribers.
                 async for chunk in self.chunks:
                     finishing = self._finishing
                     if finishing is not None and not finishing.done():

@@ -15,7 +15,7 @@ from hub import Event, Hub, LastPosition, PluginError, Registry, publish, stream
 from hub.brokers import Entry
 from hub.brokers.memory import MemoryBroker
 from hub.registry import Definition
-from hub.subscription import RequestError
+from hub.subscription import RequestError, parse_subscription
 from hub.testing import acollect
 from streams.chat import ChatMessage, chat
 
@@ -390,3 +390,38 @@ def test_topic_refuses_bad_history_bounds(options: dict[str, Any], mentions: str
 def test_topic_refuses_a_bad_name_naming_the_module() -> None:
     with pytest.raises(PluginError, match=re.escape(f"{__name__}: topic 'Bad Name'")):
         topic("Bad Name", Tick)
+
+
+class GatedBroker(MemoryBroker):
+    """A broker slow to say where a topic stands, as Redis is under a burst of subscribers."""
+
+    def __init__(self) -> None:
+        super().__init__(epoch=EPOCH)
+        self.gate = asyncio.Event()
+
+    async def last_position(self, topic: str) -> str:
+        await self.gate.wait()
+        return await super().last_position(topic)
+
+
+async def test_the_first_chunk_waits_for_live_positions_and_nothing_after_it_is_missed() -> None:
+    registry = Registry()
+    registry.add(chat)
+    async with Hub(registry, broker=GatedBroker()) as hub:
+        broker = hub.broker
+        assert isinstance(broker, GatedBroker)
+        subscription = parse_subscription(
+            registry, ["chat"], [], check_position=broker.check_position
+        )
+        frames = hub.frames(subscription, preamble=b"retry: 1\n\n")
+        first = asyncio.create_task(anext(frames))
+        await hub.publish("chat", [message("early", "before the position is known")])
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not first.done()  # the head would still be waiting
+        broker.gate.set()
+        assert await asyncio.wait_for(first, 5) == b"retry: 1\n\n"
+        [entry] = await hub.publish("chat", [message("late", "right after the head")])
+        chunk = await asyncio.wait_for(anext(frames), 5)
+        assert chunk == entry.solo
+        await frames.aclose()

@@ -90,6 +90,23 @@ async def started(
 
 
 @pytest.mark.anyio
+async def test_the_head_waits_for_the_first_chunk() -> None:
+    # The hub's first chunk is ready once every topic's starting position is fixed: a client
+    # that has the head misses nothing published after it.
+    peer, queue, tracker = Peer(), asyncio.Queue[bytes | None](), Tracked()
+    response = SSEResponse(chunks_from(queue), tracker=tracker)
+    task = asyncio.create_task(response(SCOPE, peer.receive, peer.send))
+    for _ in range(20):  # plenty of loop turns to send a head, were it not waiting
+        await asyncio.sleep(0)
+    assert peer.sent == []
+    await queue.put(b"first")
+    await peer.until_sent(b"first")
+    assert peer.sent == [b"<start>", b"first"]
+    await queue.put(None)
+    await asyncio.wait_for(task, 5)
+
+
+@pytest.mark.anyio
 async def test_a_direct_send_goes_out_at_once_when_idle() -> None:
     peer, queue, tracker = Peer(), asyncio.Queue[bytes | None](), Tracked()
     response, task = await started(peer, queue, tracker)
