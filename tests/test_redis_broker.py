@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -540,3 +541,40 @@ def test_serve_refuses_an_unreachable_redis_or_waits_for_it_when_asked() -> None
         waiting.stdout.close()
         if redis.process is not None:
             redis.stop()
+
+
+def test_a_burst_of_subscribers_gets_every_event(redis_url: str) -> None:
+    # Hundreds at once: more concurrent Redis commands than redis-py's default pool allows.
+    with HubServer(args=["--broker", redis_url]) as hub:
+        received = asyncio.run(burst(hub.port, subscribers=400, events=3, publish_to=hub.url))
+    assert received == {"chat": 400 * 3}
+
+
+async def burst(port: int, subscribers: int, events: int, publish_to: str) -> dict[str, int]:
+    """Open `subscribers` raw connections to `chat` at once; once every response head is in,
+    publish `events` messages; count the events of each kind all of them receive."""
+    heads = asyncio.Semaphore(0)
+    counts: dict[str, int] = {}
+
+    async def subscribe() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /events?streams=chat&count=%d HTTP/1.1\r\nHost: hub\r\n\r\n" % events)
+        await reader.readuntil(b"\r\n\r\n")
+        heads.release()
+        body = (await reader.read(-1)).decode()
+        for event in re.findall(r"^event: (\S+)$", body, re.MULTILINE):
+            counts[event] = counts.get(event, 0) + 1
+        writer.close()
+
+    async with asyncio.timeout(60):
+        tasks = [asyncio.create_task(subscribe()) for _ in range(subscribers)]
+        for _ in range(subscribers):
+            await heads.acquire()
+        async with httpx.AsyncClient(base_url=publish_to) as client:
+            for n in range(events):
+                posted = await client.post(
+                    "/streams/chat/events", json={"user": "b", "text": str(n)}
+                )
+                assert posted.status_code == 201
+        await asyncio.gather(*tasks)
+    return counts

@@ -49,7 +49,9 @@ logger = logging.getLogger("hub")
 
 _POSITION = re.compile(r"(\d{1,20})-(\d{1,20})")
 _FIELD = b"d"  # the event's JSON, the only field of an entry
-_BLOCK_MS = 1000  # how long one XREAD waits; also how soon a feed notices it is unneeded
+# How long one XREAD waits: how soon a feed notices it is unneeded, and how long closing the
+# broker may wait for the last one.
+_BLOCK_MS = 500
 
 # A lease is a key holding its holder's token, with an expiry. Renewing and releasing must
 # only touch it while it is still ours: check and act in one step, in Redis.
@@ -118,7 +120,9 @@ class _Feed:
             self.started.set_result(None)
             while self.readers:
                 reply = await broker.call(
-                    lambda client: client.xread({key: self.after}, block=_BLOCK_MS, count=1000)
+                    lambda _: broker.feed_client.xread(
+                        {key: self.after}, block=_BLOCK_MS, count=1000
+                    )
                 )
                 for _, items in reply or ():
                     entries = _entries(self.topic, items)
@@ -205,17 +209,30 @@ class RedisBroker(Broker):
         from redis.asyncio.retry import Retry
         from redis.backoff import ExponentialBackoff
 
-        # After Redis restarts, pooled connections are stale: retry on a fresh one, briefly
-        # backing off, rather than fail the first command that meets one.
-        self.client: Any = redis.from_url(
-            urlunsplit(parts._replace(query=urlencode(query))),
-            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
-            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        address = urlunsplit(parts._replace(query=urlencode(query)))
+        options: dict[str, Any] = {
+            # After Redis restarts, pooled connections are stale: retry on a fresh one,
+            # briefly backing off, rather than fail the first command that meets one.
+            "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+            "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
             # A Redis that stops answering (a host gone, a network cut) is an error within
             # seconds, not a wait of minutes; a read must outlast XREAD's block. The URL's
             # own `socket_timeout` / `socket_connect_timeout` win.
-            socket_connect_timeout=5,
-            socket_timeout=_BLOCK_MS / 1000 + 9,
+            "socket_connect_timeout": 5,
+            "socket_timeout": _BLOCK_MS / 1000 + 9,
+        }
+        # Commands share a bounded pool and wait their turn for a connection: a burst of a
+        # thousand subscribers is a queue of quick commands, not a thousand connections (or
+        # redis-py's "Too many connections"). The URL's `max_connections` wins.
+        self.client: Any = redis.Redis.from_pool(  # owns the pool: closing closes it
+            redis.BlockingConnectionPool.from_url(
+                address, max_connections=50, timeout=10, **options
+            )
+        )
+        # Feeds block in XREAD, holding a connection each: a pool of their own, so that they
+        # never keep commands waiting.
+        self.feed_client: Any = redis.Redis.from_pool(
+            redis.ConnectionPool.from_url(address, max_connections=10_000, **options)
         )
         # What redis-py raises when Redis is down or drops the connection.
         self.errors: tuple[type[Exception], ...] = (
@@ -296,10 +313,11 @@ class RedisBroker(Broker):
             feed.task.cancel()
         await asyncio.gather(*(feed.task for feed in feeds), return_exceptions=True)
         if self._commands:
-            # Left running by callers that were cancelled: let the quick ones finish. A feed's
-            # blocking XREAD is cut short by closing the connections.
-            await asyncio.wait(self._commands, timeout=0.2)
+            # Left running by callers that were cancelled (a feed's XREAD, within its block):
+            # let them finish, or redis-py would retry them on fresh connections.
+            await asyncio.wait(self._commands, timeout=_BLOCK_MS / 1000 + 1)
         await self.client.aclose()
+        await self.feed_client.aclose()
 
     def check_position(self, position: str) -> None:
         if not _POSITION.fullmatch(position):
