@@ -130,7 +130,10 @@ class _Feed:
                     for reader in list(self.readers):
                         reader.push(entries)
         except Exception as exc:
-            logger.exception("reading topic %r from Redis failed", self.topic)
+            if isinstance(exc, BrokerUnavailable):  # expected now and then: no traceback
+                logger.warning("reading topic %r stopped: %s", self.topic, exc)
+            else:
+                logger.exception("reading topic %r from Redis failed", self.topic)
             if not self.started.done():
                 self.started.set_exception(exc)
             reason = str(exc if isinstance(exc, BrokerUnavailable) else broker.unavailable(exc))
@@ -160,7 +163,7 @@ class _RedisLease(Lease):
                 # Never wait for an answer past the expiry: by then it may be another's.
                 async with asyncio.timeout(max(self.expires - sent, 0)):
                     renewed = await broker.call(
-                        lambda _: broker.renew(
+                        lambda _: broker.renew_script(
                             keys=[broker.lease_key(self.name)], args=[self.token, int(ttl * 1000)]
                         )
                     )
@@ -185,7 +188,9 @@ class _RedisLease(Lease):
         try:
             async with asyncio.timeout(1):
                 await broker.call(
-                    lambda _: broker.release(keys=[broker.lease_key(self.name)], args=[self.token])
+                    lambda _: broker.release_script(
+                        keys=[broker.lease_key(self.name)], args=[self.token]
+                    )
                 )
         except (BrokerUnavailable, TimeoutError):
             pass  # it lapses by itself
@@ -240,8 +245,8 @@ class RedisBroker(Broker):
             redis.TimeoutError,
             OSError,
         )
-        self.renew = self.client.register_script(_RENEW)
-        self.release = self.client.register_script(_RELEASE)
+        self.renew_script = self.client.register_script(_RENEW)
+        self.release_script = self.client.register_script(_RELEASE)
         # Who holds a lease, for whoever looks at it in Redis: host, process, and one run.
         self._holder = f"{socket.gethostname()}:{os.getpid()}"
         self._configs: dict[str, TopicConfig] = {}
