@@ -228,6 +228,24 @@ def test_two_hub_processes_share_a_topic_and_resume_across_them(redis_url: str) 
         assert [json.loads(e.data)["text"] for e in resumed] == ["one", "two"]
 
 
+def test_a_subscriber_resuming_past_the_trimmed_history_is_told(redis_url: str) -> None:
+    # `short` keeps 5 events; Redis trims in whole nodes of 100, so publish well past that.
+    with HubServer(str(PLUGINS / "topics.py"), args=["--broker", redis_url]) as hub:
+        posted = httpx.post(
+            hub.url + "/streams/short/events",
+            json=[{"n": n} for n in range(300)],
+            timeout=TIMEOUT,
+        ).json()
+        events = read_events(
+            hub, {"streams": "short", "count": 1}, headers={"Last-Event-ID": posted["ids"][0]}
+        )
+    assert [e.event for e in events] == ["hub.gap", "short"]
+    gap = json.loads(events[0].data)
+    assert (gap["stream"], gap["requested"]) == ("short", posted["positions"][0])
+    assert events[1].id == f"short:{gap['resumed_from']}"
+    assert json.loads(events[1].data)["n"] > 1  # the first ones are gone
+
+
 class ThrowawayRedis:
     """A redis-server of the test's own, to stop and start again on the same port."""
 
