@@ -13,9 +13,10 @@ import math
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from bench.client import Job, LoadClient, Report, first_frames, publish
 from bench.report import HUB, Results, Scenario
@@ -144,20 +145,33 @@ def percentile(ordered: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))]
 
 
-Measure = Callable[[str, Server], Awaitable[str]]
+Measure = Callable[[str, Any], Awaitable[str]]
+Opener = Callable[[str], AbstractAsyncContextManager[Any]]
+
+
+@asynccontextmanager
+async def _fresh(name: str) -> AsyncIterator[Server]:
+    """A fresh process of the server `name`, stopped afterwards."""
+    async with await STARTERS[name]() as server:
+        yield server
 
 
 async def each_run(
-    plan: Plan, results: Results, scenario: str, servers: list[str], measure: Measure
+    plan: Plan,
+    results: Results,
+    scenario: str,
+    servers: list[str],
+    measure: Measure,
+    opener: Opener = _fresh,
 ) -> None:
-    """`measure(server_name, server)` on a fresh server, for every run and every server."""
+    """`measure(name, opened)` for every run and every server name, on what `opener(name)`
+    opens afresh each time (by default: a fresh process of that server)."""
     for run in range(plan.runs):
         for name in servers:
             label = f"[{scenario}] {name} run {run + 1}/{plan.runs}"
             try:
-                server = await STARTERS[name]()
-                async with server:
-                    summary = await asyncio.wait_for(measure(name, server), MEASUREMENT_LIMIT)
+                async with opener(name) as opened:
+                    summary = await asyncio.wait_for(measure(name, opened), MEASUREMENT_LIMIT)
             except Exception as exc:
                 results.error(scenario, f"{name}, run {run + 1}: {type(exc).__name__}: {exc}")
                 log(f"{label}: FAILED: {exc}")
@@ -411,33 +425,31 @@ async def cluster(plan: Plan, results: Results) -> None:
         log(f"[cluster] skipped: {missing}")
         return
     paths = ("/events?streams=bench", "/streams/bench/events")
-    setups = [(HUB, 1, False), (REDIS_ONE, 1, True), (REDIS_TWO, 2, True)]
-    if plan.quick:
-        setups = setups[-1:]
+    setups = {HUB: (1, False), REDIS_ONE: (1, True), REDIS_TWO: (2, True)}  # processes, Redis
+    names = [REDIS_TWO] if plan.quick else list(setups)
+
+    @asynccontextmanager
+    async def hubs(name: str) -> AsyncIterator[list[Server]]:
+        count, on_redis = setups[name]
+        broker = redis_url_for_run(plan.redis) if on_redis else None
+        try:
+            async with AsyncExitStack() as stack:
+                yield [
+                    await stack.enter_async_context(await start_hub(broker)) for _ in range(count)
+                ]
+        finally:
+            if broker:
+                await forget_run(broker)
+
     for size in plan.cluster_sizes:
         case = f"{size:,} subscribers"
-        for run in range(plan.runs):
-            for name, count, on_redis in setups:
-                label = f"[cluster] {name} run {run + 1}/{plan.runs}"
-                broker = redis_url_for_run(plan.redis) if on_redis else None
-                try:
-                    async with AsyncExitStack() as stack:
-                        servers = [
-                            await stack.enter_async_context(await start_hub(broker))
-                            for _ in range(count)
-                        ]
-                        summary = await asyncio.wait_for(
-                            _fan_out(plan, results, "cluster", name, servers, paths, size, case),
-                            MEASUREMENT_LIMIT,
-                        )
-                except Exception as exc:
-                    results.error("cluster", f"{name}, run {run + 1}: {type(exc).__name__}: {exc}")
-                    log(f"{label}: FAILED: {exc}")
-                    continue
-                finally:
-                    if broker:
-                        await forget_run(broker)
-                log(f"{label}: {summary}")
+
+        async def measure(
+            name: str, servers: list[Server], size: int = size, case: str = case
+        ) -> str:
+            return await _fan_out(plan, results, "cluster", name, servers, paths, size, case)
+
+        await each_run(plan, results, "cluster", names, measure, hubs)
 
 
 IDLE = Scenario(
