@@ -272,6 +272,9 @@ async def _source(
     except Interrupted as exc:  # a shared producer ended; it logged its own failure
         if exc.reason is not None:
             yield [(index, None, control_body("error", stream=name, error=exc.reason), None)]
+    except BrokerUnavailable as exc:
+        # The broker says so in its own log, once per outage: not a line per subscriber.
+        yield [(index, None, control_body("error", stream=name, error=str(exc)), None)]
     except Exception as exc:
         logger.exception("stream %r failed; its subscriber's other streams go on", name)
         error = f"{type(exc).__name__}: {exc}"

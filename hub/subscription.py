@@ -18,6 +18,10 @@ __all__ = ["RequestError", "Selected", "Subscription", "parse_subscription", "sp
 
 # Query parameters read by the hub itself rather than passed to streams.
 HUB_QUERY_PARAMETERS = frozenset({"streams", "last_event_id"})
+# The longest cursor read: 16 streams of long names and positions fit several times over.
+MAX_CURSOR_LENGTH = 8192
+# A generated stream's position is a count; more digits than this is no count of ours.
+_MAX_COUNT_DIGITS = 18
 
 
 class RequestError(Exception):
@@ -229,6 +233,15 @@ def _read_cursor(
 ) -> dict[str, str | None]:
     if last_event_id is None:
         return {}
+    if len(last_event_id) > MAX_CURSOR_LENGTH:
+        raise RequestError(
+            400,
+            "malformed_cursor",
+            f"the cursor is {len(last_event_id)} characters long; at most "
+            f"{MAX_CURSOR_LENGTH} are accepted",
+            cursor=_shortened(last_event_id),
+            limit=MAX_CURSOR_LENGTH,
+        )
     try:
         cursor = parse_cursor(last_event_id)
     except CursorError as exc:
@@ -244,8 +257,9 @@ def _read_cursor(
                 raise RequestError(
                     400,
                     "malformed_cursor",
-                    f"position {position!r} of stream {definition.name!r} is not valid: {problem}",
-                    cursor=last_event_id,
+                    f"position {_shortened(position)!r} of stream {definition.name!r} is not "
+                    f"valid: {problem}",
+                    cursor=_shortened(last_event_id, 1000),
                 )
         start[definition.name] = position
     return start
@@ -262,6 +276,13 @@ def _position_problem(
         except ValueError as exc:
             return str(exc)
         return None
-    if position.isascii() and position.isdigit():
+    if position.isascii() and position.isdigit() and len(position) <= _MAX_COUNT_DIGITS:
         return None
-    return "expected a non-negative integer, or '-' for nothing received yet"
+    return (
+        f"expected a non-negative integer of at most {_MAX_COUNT_DIGITS} digits, "
+        "or '-' for nothing received yet"
+    )
+
+
+def _shortened(text: str, keep: int = 100) -> str:
+    return text if len(text) <= keep else f"{text[:keep]}... ({len(text)} characters)"

@@ -13,6 +13,7 @@ that a position from a lost history is recognised and reported as a gap.
 from __future__ import annotations
 
 import asyncio
+import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,12 @@ __all__ = [
     "Overflow",
     "TopicConfig",
 ]
+
+# What any broker's position looks like. A position of this form that is not one of this
+# broker's own (another broker's, after a deployment moved from memory to Redis, or made up)
+# is no error: the subscriber gets a gap, as for a lost history, never a refusal, since a
+# browser's EventSource gives up for good on any answer but 200.
+POSITION_SYNTAX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]{0,63}")
 
 
 class BrokerUnavailable(ConnectionError):
@@ -151,9 +158,16 @@ class Broker(ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release every resource; subscribers end."""
 
-    @abstractmethod
     def check_position(self, position: str) -> None:
-        """Raise ValueError, saying what is expected, if `position` cannot be one of ours."""
+        """Raise ValueError, saying what is expected, if `position` cannot be any broker's.
+
+        A well-formed position that is not this broker's own is accepted here: `subscribe`
+        answers it with a gap."""
+        if not POSITION_SYNTAX.fullmatch(position):
+            raise ValueError(
+                "expected a topic position as the hub's ids give it: 1 to 64 of "
+                "A-Z a-z 0-9 . _ ~ -, e.g. 'k3f9q2.17' or '1700000000000-0'"
+            )
 
     @abstractmethod
     async def last_position(self, topic: str) -> str:
@@ -169,7 +183,10 @@ class Broker(ABC):
 
     @abstractmethod
     async def subscribe(self, topic: str, after: str, buffer: int) -> BrokerSubscription:
-        """Replay what follows `after`, then live events; at most `buffer` live ones queued."""
+        """Replay what follows `after`, then live events; at most `buffer` live ones queued.
+
+        A position that is not this broker's own (see `check_position`) is a gap: the
+        subscriber gets every retained event."""
 
     def interrupt(self, topic: str, reason: str | None) -> None:  # noqa: B027 - optional hook
         """End this process's live subscribers of `topic`: a producer failed with `reason`,

@@ -71,12 +71,6 @@ class MemoryBroker(Broker):
     def _position(self, seq: int) -> str:
         return f"{self.epoch}.{seq}"
 
-    def check_position(self, position: str) -> None:
-        if not _POSITION.fullmatch(position):
-            raise ValueError(
-                "expected '<epoch>.<number>' as this hub's ids give it, e.g. 'k3f9q2.17'"
-            )
-
     async def last_position(self, topic: str) -> str:
         return self._position(self._topic(topic).seq)
 
@@ -106,19 +100,17 @@ class MemoryBroker(Broker):
     async def subscribe(self, topic: str, after: str, buffer: int) -> BrokerSubscription:
         state = self._topic(topic)
         state.trim()
+        self.check_position(after)
         match = _POSITION.fullmatch(after)
-        if match is None:
-            raise ValueError(f"not a position of this broker: {after!r}")
-        epoch, seq = match.group(1), int(match.group(2))
         gap = None
-        if epoch != self.epoch or seq < state.first_seq - 1:
-            # A lost history (another epoch) or one trimmed past the position: say so, then
-            # replay all that is retained.
+        if match is None or match.group(1) != self.epoch or int(match.group(2)) < state.first_seq - 1:
+            # Another broker's position, a lost history (another epoch), or one trimmed past
+            # the position: say so, then replay all that is retained.
             gap = Gap(after, self._position(state.first_seq))
             replay = list(state.entries)
         else:
             # A position beyond the newest (not one this hub gave) resumes at the newest.
-            skip = max(0, min(seq, state.seq) - state.first_seq + 1)
+            skip = max(0, min(int(match.group(2)), state.seq) - state.first_seq + 1)
             replay = list(islice(state.entries, skip, None))
         # No await between reading the history and registering: nothing published in
         # between can be missed or seen twice.
