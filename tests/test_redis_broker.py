@@ -64,8 +64,9 @@ async def test_positions_are_redis_ids_and_live_entries_arrive_in_order(redis_ur
         while len(got) < 3:
             got += await asyncio.wait_for(reader.take(10), 5)
         assert [e.position for e in got] == [e.position for e in published]
-        with pytest.raises(ValueError, match="Redis stream id"):
-            broker.check_position("abc.1")
+        broker.check_position("2r76ji.1")  # another broker's: accepted, answered with a gap
+        with pytest.raises(ValueError, match="expected a topic position"):
+            broker.check_position("a b")
     finally:
         await broker.close()
 
@@ -165,6 +166,103 @@ async def test_a_position_beyond_the_newest_gaps_and_goes_live(redis_url: str) -
         assert data(await asyncio.wait_for(reader.take(1000), 5)) == [2]
     finally:
         await broker.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "foreign",
+    [
+        "2r76ji.1",  # the memory broker's
+        "1700000000000",  # no sequence: not an id this hub gives
+        "99999999999999999999-0",  # past what a Redis id can hold
+        "1-99999999999999999999",
+    ],
+)
+async def test_a_position_of_another_broker_is_a_gap_with_everything_retained(
+    redis_url: str, foreign: str
+) -> None:
+    broker, publisher = await started(redis_url), await started(redis_url)
+    try:
+        empty = await broker.subscribe("t", foreign, 1000)  # nothing retained yet
+        assert empty.gap == Gap(foreign, "0-0")
+        first = await publisher.publish("t", [str(n) for n in range(5)])
+        assert data(await asyncio.wait_for(empty.take(1000), 5)) == list(range(5))
+        await empty.close()
+        total = 200
+
+        async def race() -> None:  # publishes while the subscriber registers and replays
+            for n in range(5, total):
+                await publisher.publish("t", [str(n)])
+
+        racing = asyncio.create_task(race())
+        reader = await broker.subscribe("t", foreign, 1000)
+        await racing
+        assert reader.gap is not None
+        assert reader.gap == Gap(foreign, first[0].position)
+        got: list = []  # type: ignore[type-arg]
+        while len(got) < total:
+            got += await asyncio.wait_for(reader.take(1000), 5)
+        assert data(got) == list(range(total))  # all retained, then live: nothing twice
+        await publisher.publish("t", [str(total)])
+        assert data(await asyncio.wait_for(reader.take(1000), 5)) == [total]
+    finally:
+        await broker.close()
+        await publisher.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("bad", ["", "a b", "a,1", "x" * 65])
+async def test_ill_formed_positions_are_refused(redis_url: str, bad: str) -> None:
+    broker = await started(redis_url)
+    try:
+        with pytest.raises(ValueError, match="expected a topic position"):
+            broker.check_position(bad)
+        with pytest.raises(ValueError, match="expected a topic position"):
+            await broker.subscribe("t", bad, 10)
+    finally:
+        await broker.close()
+
+
+def test_a_memory_hubs_cursor_on_a_redis_hub_is_a_gap_not_a_refusal(redis_url: str) -> None:
+    # A deployment moved from memory to Redis: the browsers' cursors are the memory broker's.
+    with HubServer(args=["--broker", redis_url]) as hub:
+        posted = httpx.post(
+            hub.url + "/streams/chat/events",
+            json=[{"user": "ana", "text": "one"}, {"user": "ana", "text": "two"}],
+            timeout=TIMEOUT,
+        )
+        assert posted.status_code == 201, posted.text
+        events = read_events(
+            hub, {"streams": "chat", "count": 2}, headers={"Last-Event-ID": "chat:2r76ji.1"}
+        )
+    assert [e.event for e in events] == ["hub.gap", "chat", "chat"]
+    gap = json.loads(events[0].data)
+    assert gap == {
+        "stream": "chat",
+        "requested": "2r76ji.1",
+        "resumed_from": posted.json()["positions"][0],
+    }
+    assert [json.loads(e.data)["text"] for e in events[1:]] == ["one", "two"]
+    assert [e.id for e in events[1:]] == posted.json()["ids"]
+
+
+def test_a_redis_hubs_cursor_on_a_memory_hub_is_a_gap_not_a_refusal() -> None:
+    # And back: a deployment moved from Redis to the memory broker.
+    with HubServer() as hub:
+        posted = httpx.post(
+            hub.url + "/streams/chat/events", json={"user": "ana", "text": "one"}, timeout=TIMEOUT
+        )
+        assert posted.status_code == 201, posted.text
+        events = read_events(
+            hub,
+            {"streams": "chat", "count": 1},
+            headers={"Last-Event-ID": "chat:1795272069791-0"},
+        )
+    assert [e.event for e in events] == ["hub.gap", "chat"]
+    gap = json.loads(events[0].data)
+    assert (gap["stream"], gap["requested"]) == ("chat", "1795272069791-0")
+    assert gap["resumed_from"] == posted.json()["positions"][0]
+    assert json.loads(events[1].data)["text"] == "one"
 
 
 @pytest.mark.anyio

@@ -9,8 +9,10 @@ subscriber. A feed starts with its topic's first local subscriber and stops afte
 Resume: a new subscriber is registered with the feed first, then reads its replay with
 `XRANGE` from its position; live entries the replay already holds are dropped, so the seam
 has no gap and no duplicate. A position that is no longer in the stream (trimmed away, or lost
-with a Redis that restarted without persistence) makes a gap. `max_age` trims by entry id
-(`XTRIM MINID`): ids are Redis's clock in milliseconds.
+with a Redis that restarted without persistence) makes a gap. So does a position that is no
+Redis entry id at all (the memory broker's `2r76ji.1`, held by browsers when a deployment moves
+from memory to Redis): the subscriber is told, and gets everything retained. `max_age` trims
+by entry id (`XTRIM MINID`): ids are Redis's clock in milliseconds.
 
 Needs the `redis` extra (`pip install 'hub[redis]'`). The URL's query may name the key
 prefix: `redis://127.0.0.1:6379/0?prefix=myhub:` (default `hub:`).
@@ -48,6 +50,7 @@ T = TypeVar("T")
 logger = logging.getLogger("hub")
 
 _POSITION = re.compile(r"(\d{1,20})-(\d{1,20})")
+_ID_MAX = 2**64 - 1  # each half of a Redis entry id is an unsigned 64-bit number
 _FIELD = b"d"  # the event's JSON, the only field of an entry
 # How long one XREAD waits: how soon a feed notices it is unneeded, and how long closing the
 # broker may wait for the last one.
@@ -91,6 +94,15 @@ def _seconds(text: str, name: str) -> float:
 def _order(position: str) -> tuple[int, int]:
     ms, _, seq = position.partition("-")
     return int(ms), int(seq or 0)
+
+
+def _is_redis_id(position: str) -> bool:
+    """Whether `position` is an entry id as this broker gives them: `<ms>-<seq>`.
+
+    Anything else that passed `Broker.check_position` is another broker's position (the
+    memory broker's `2r76ji.1`, after a deployment moved to Redis), answered with a gap."""
+    match = _POSITION.fullmatch(position)
+    return match is not None and max(int(match[1]), int(match[2])) <= _ID_MAX
 
 
 def _entries(topic: str, items: Sequence[tuple[bytes, dict[bytes, bytes]]]) -> list[Entry]:
@@ -324,12 +336,6 @@ class RedisBroker(Broker):
         await self.client.aclose()
         await self.feed_client.aclose()
 
-    def check_position(self, position: str) -> None:
-        if not _POSITION.fullmatch(position):
-            raise ValueError(
-                "expected a Redis stream id as this hub's ids give it, e.g. '1700000000000-0'"
-            )
-
     async def last_position(self, topic: str) -> str:
         newest = await self.call(lambda client: client.xrevrange(self.key(topic), count=1))
         return newest[0][0].decode() if newest else "0-0"
@@ -375,6 +381,7 @@ class RedisBroker(Broker):
         ]
 
     async def subscribe(self, topic: str, after: str, buffer: int) -> BrokerSubscription:
+        self.check_position(after)
         feed = self._feeds.get(topic)
         if feed is None or feed.task.done():
             feed = self._feeds[topic] = _Feed(self, topic)
@@ -402,34 +409,41 @@ class RedisBroker(Broker):
         empty. Reading from `after` inclusive shows whether it is still there, in the same
         round trip as the replay. If it is not, it was trimmed away, or it comes from a
         history Redis lost (a restart without persistence, a failover to a replica that was
-        behind): either way events may be missing, and the subscriber is told.
+        behind): either way events may be missing, and the subscriber is told. A position
+        that is not a Redis entry id (another broker's) is a gap too, with all that is retained.
         """
         key = self.key(topic)
+        ours = _is_redis_id(after)
+        empty = ours and _order(after) == (0, 0)
 
         def build(pipe: Any) -> None:
             self._trim_by_age(pipe, topic, exact=True)
-            pipe.xrange(key, min=after, max="+")
+            # Another broker's position says nothing of this stream: replay all of it.
+            pipe.xrange(key, min=after if ours else "-", max="+")
             pipe.xrevrange(key, count=1)
-            if after == "0-0":
+            if empty:
                 pipe.xinfo_stream(key)
 
         results = await self.transaction(build, raise_on_error=False)
-        for result in results[: len(results) - (after == "0-0")]:
+        for result in results[: len(results) - empty]:
             if isinstance(result, Exception):
                 raise result  # XINFO alone may fail: on a stream that does not exist yet
-        if after == "0-0":
+        if empty:
             *_, items, newest_item, info = results
             # A cursor taken while the topic was empty: events are missing only if some
             # were dropped since (entries-added counts every entry the stream ever had).
             missing = not isinstance(info, Exception) and int(info["entries-added"]) > int(
                 info["length"]
             )
-        else:
+        elif ours:
             *_, items, newest_item = results
-            found = bool(items) and items[0][0].decode() == after
+            found = bool(items) and _order(items[0][0].decode()) == _order(after)
             if found:
                 items = items[1:]
             missing = not found
+        else:
+            *_, items, newest_item = results
+            missing = True
         replay = _entries(topic, items)
         if replay:
             covered = _order(replay[-1].position)
