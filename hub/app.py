@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -10,17 +11,20 @@ from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 from fastapi import FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import Headers, QueryParams
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import __version__
 from .brokers import BrokerUnavailable
 from .cursor import quote_name
-from .events import encode_retry
+from .events import control_body, encode_retry
 from .registry import Definition, Registry, Topic
 from .runtime import Hub
 from .settings import Settings
@@ -82,9 +86,26 @@ class Health(BaseModel):
     )
 
 
-def _refusal(exc: RequestError) -> JSONResponse:
-    headers = {"Allow": ""} if exc.status == 405 else None
-    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+def _refusal(exc: RequestError, headers: Headers | None = None) -> Response:
+    """The answer to a refused request: its JSON error, or, for a subscription refused for
+    load from an `EventSource` (which gives up for good on any status but 200), a 200 with a
+    `retry:` backoff and one `hub.busy` frame naming the limit."""
+    if exc.load and headers is not None and "text/event-stream" in headers.get("accept", ""):
+        delay = exc.retry_after if exc.retry_after is not None else 5.0
+        body = encode_retry(int(delay * 1000)) + control_body(
+            "busy", code=exc.code, message=exc.message, retry_after=delay
+        )
+        return Response(
+            body,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "Connection": "close", **exc.headers()},
+        )
+    extra = exc.headers()
+    if exc.status == 405:
+        extra["Allow"] = ", ".join(exc.details.get("allow", ()))
+    if exc.status in (408, 503) or exc.load:
+        extra["Connection"] = "close"
+    return JSONResponse(exc.body(), status_code=exc.status, headers=extra or None)
 
 
 class HubApp(FastAPI):
@@ -97,7 +118,7 @@ class HubApp(FastAPI):
     documentation, and answers the same way if it is ever reached.
     """
 
-    subscribe: Callable[[QueryParams, str | None], SSEResponse] | None = None
+    subscribe: Callable[[Scope], SSEResponse] | None = None
     cors: ASGIApp | None = None  # the /events endpoint behind CORS, when CORS is on
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -118,12 +139,19 @@ class HubApp(FastAPI):
         """The response to a request for /events: a subscription, or a refusal."""
         assert self.subscribe is not None
         if scope["method"] == "OPTIONS":  # a preflight that CORS did not answer
-            return Response(status_code=405, headers={"Allow": "GET, HEAD"})
-        cursor = Headers(scope=scope).get("last-event-id")
+            return _refusal(
+                RequestError(
+                    405,
+                    "method_not_allowed",
+                    "/events answers GET and HEAD; OPTIONS only as a CORS preflight from an "
+                    "allowed origin (--cors-origin)",
+                    allow=["GET", "HEAD"],
+                )
+            )
         try:
-            return self.subscribe(QueryParams(scope["query_string"]), cursor)
+            return self.subscribe(scope)
         except RequestError as exc:
-            return _refusal(exc)
+            return _refusal(exc, Headers(scope=scope))
 
     async def _events_endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.events(scope)(scope, receive, send)
@@ -158,7 +186,28 @@ that many events. `GET /streams` lists the streams and their parameters.
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "no `streams`, too many, or a malformed cursor"},
     404: {"model": ErrorBody, "description": "an unknown stream; the body lists the available"},
+    414: {"model": ErrorBody, "description": "the request target is over 8 KiB"},
     422: {"model": ErrorBody, "description": "invalid or unknown parameters, each named"},
+    429: {
+        "model": ErrorBody,
+        "description": "too many streams open from this client (--max-connections-per-client)",
+    },
+    503: {
+        "model": ErrorBody,
+        "description": "the hub is full (--max-connections) or shutting down; retry after "
+        "`Retry-After` (an EventSource gets a 200 with `hub.busy` instead)",
+    },
+}
+_PUBLISH_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "the body is not JSON, or nests too deep"},
+    404: _ERRORS[404],
+    405: {"model": ErrorBody, "description": "not a topic that accepts events"},
+    408: {"model": ErrorBody, "description": "the body did not arrive within --body-timeout"},
+    413: {"model": ErrorBody, "description": "the body is over the size limit"},
+    415: {"model": ErrorBody, "description": "the body is not sent as application/json"},
+    422: {"model": ErrorBody, "description": "events that do not fit the model, named"},
+    429: {"model": ErrorBody, "description": "over --publish-rate; retry after `Retry-After`"},
+    503: {"model": ErrorBody, "description": "the broker cannot be reached; retry"},
 }
 
 
@@ -175,9 +224,11 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     preamble = encode_retry(settings.retry)  # the first bytes of every subscription
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         async with hub:
-            yield
+            # The lifespan's state is shared with the server: the hub's HTTP protocol finds
+            # its hub there (`hub.protocol`).
+            yield {"hub": hub}
 
     app = HubApp(
         title="hub",
@@ -197,11 +248,48 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     app.state.hub = hub
 
     @app.exception_handler(RequestError)
-    async def refuse(request: Request, exc: RequestError) -> JSONResponse:
-        return _refusal(exc)
+    async def refuse(request: Request, exc: RequestError) -> Response:
+        return _refusal(exc, request.headers)
 
-    def subscribe(query: QueryParams, header_cursor: str | None) -> SSEResponse:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # Starlette's own refusals (no such route, a method the route does not take), in the
+        # hub's error shape rather than FastAPI's {"detail": ...}.
+        if exc.status_code == 404:
+            error = RequestError(
+                404,
+                "not_found",
+                f"no route {request.url.path!r}; the hub serves /events, /streams, "
+                "/streams/{name}, /streams/{name}/events, /health and /docs",
+            )
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            error = RequestError(
+                405,
+                "method_not_allowed",
+                f"{request.method} is not accepted on {request.url.path!r}; "
+                f"accepted: {allowed or 'none'}",
+                allow=[m.strip() for m in allowed.split(",") if m.strip()],
+            )
+        else:
+            error = RequestError(exc.status_code, "http_error", str(exc.detail))
+        return _refusal(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        errors = [
+            {"where": ".".join(str(part) for part in e["loc"]), "message": e["msg"]}
+            for e in exc.errors()
+        ]
+        summary = "; ".join(f"{e['where']}: {e['message']}" for e in errors)
+        return _refusal(
+            RequestError(422, "invalid_request", f"invalid request: {summary}", errors=errors)
+        )
+
+    def subscribe(scope: Scope) -> SSEResponse:
         """The response to GET /events, or a RequestError before anything is opened."""
+        query = QueryParams(scope["query_string"])
+        header_cursor = Headers(scope=scope).get("last-event-id")
         subscription = parse_subscription(
             registry,
             split_streams(query.getlist("streams")),
@@ -210,7 +298,17 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             max_streams=settings.max_streams,
             check_position=hub.broker.check_position,
         )
+        if hub.stopping:
+            raise RequestError(
+                503,
+                "shutting_down",
+                "this hub is shutting down; reconnect (to another instance)",
+                retry_after=settings.retry / 1000,
+                load=True,
+            )
+        release = hub.limits.admit(_client(scope))
         response = SSEResponse(tracker=hub)
+        response.on_close = release
         response.chunks = hub.frames(subscription, preamble=preamble, direct=response.send_now)
         return response
 
@@ -242,9 +340,9 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             description="The cursor to resume from; wins over the query.",
         ),
     ) -> SSEResponse:
-        # Requests are served by _EventsFastPath before they reach here; this route documents
+        # Requests are served by HubApp.__call__ before they reach here; this route documents
         # /events and answers where the app is mounted without it.
-        return subscribe(request.query_params, last_event_id_header)
+        return subscribe(request.scope)
 
     app.subscribe = subscribe
     if settings.cors_origins:
@@ -255,16 +353,10 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         status_code=201,
         summary="Publish events to a topic",
         description="The body is one event, or a JSON array of events published in order (all "
-        "or none). Each is validated against the topic's event model; fields the hub fills in "
-        "(readOnly in the catalog's schema) must be left out.",
-        responses={
-            400: {"model": ErrorBody, "description": "the body is not JSON"},
-            404: _ERRORS[404],
-            405: {"model": ErrorBody, "description": "not a topic that accepts events"},
-            413: {"model": ErrorBody, "description": "the body is over the size limit"},
-            503: {"model": ErrorBody, "description": "the broker cannot be reached; retry"},
-            422: {"model": ErrorBody, "description": "events that do not fit the model, named"},
-        },
+        "or none), sent as `Content-Type: application/json`. Each is validated against the "
+        "topic's event model; fields the hub fills in (readOnly in the catalog's schema) must "
+        "be left out. Each topic's own path below gives its event schema.",
+        responses=_PUBLISH_ERRORS,
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -273,13 +365,22 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         },
     )
     async def publish_events(name: str, request: Request) -> Published:
-        definition = hub.publishable(name)
-        payload = await _read_json(request, settings.max_publish_bytes)
-        events = hub.validate(definition, payload if isinstance(payload, list) else [payload])
+        hub.publishable(name)
+        if not _is_json(request.headers.get("content-type", "")):
+            raise RequestError(
+                415,
+                "unsupported_media_type",
+                "publish with Content-Type: application/json (got "
+                f"{request.headers.get('content-type', 'none')!r})",
+                accepted=["application/json"],
+            )
+        payload = await _read_json(request, settings.max_publish_bytes, settings.body_timeout)
+        events = payload if isinstance(payload, list) else [payload]
+        hub.limits.take_publish(_client(request.scope), len(events))
         try:
-            entries = await hub.broker.publish(name, [e.model_dump_json() for e in events])
+            entries = await hub.publish(name, events)
         except BrokerUnavailable as exc:
-            raise RequestError(503, "broker_unavailable", str(exc)) from None
+            raise RequestError(503, "broker_unavailable", str(exc), retry_after=1) from None
         positions = [entry.position for entry in entries]
         return Published(positions=positions, ids=[f"{quote_name(name)}:{p}" for p in positions])
 
@@ -322,8 +423,13 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     return app
 
 
-async def _read_json(request: Request, limit: int) -> Any:
-    """The request's JSON body, read no further than `limit` bytes."""
+def _is_json(content_type: str) -> bool:
+    media_type = content_type.partition(";")[0].strip().lower()
+    return media_type == "application/json"
+
+
+async def _read_json(request: Request, limit: int, timeout: float) -> Any:
+    """The request's JSON body, read no further than `limit` bytes and within `timeout` s."""
     too_large = RequestError(
         413, "body_too_large", f"the body is over the limit of {limit} bytes", limit=limit
     )
@@ -331,12 +437,38 @@ async def _read_json(request: Request, limit: int) -> Any:
     if declared.isdigit() and int(declared) > limit:
         raise too_large
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
     try:
-        return json.loads(body)
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise too_large
+    except TimeoutError:
+        raise RequestError(
+            408,
+            "body_timeout",
+            f"the body did not arrive within {timeout:g} s ({len(body)} bytes came)",
+        ) from None
+    except ClientDisconnect:
+        # Nobody reads this answer; it ends the request without a traceback.
+        raise RequestError(400, "incomplete_body", "the client left before its body") from None
+    try:
+        if len(body) > _JSON_IN_A_THREAD:
+            # A large body is parsed in a thread: the pairs hook runs Python code, so the
+            # loop gets its turns meanwhile instead of waiting for the whole parse.
+            return await asyncio.to_thread(_parse_json, bytes(body))
+        return _parse_json(body)
+    except _DuplicateKey as exc:
+        raise RequestError(
+            422,
+            "invalid_events",
+            f"the key {exc.key!r} appears twice in one object; each key once",
+            errors=[{"field": exc.key, "message": "given twice in one object"}],
+        ) from None
+    except RecursionError:
+        raise RequestError(
+            400, "malformed_json", "the body nests too deep to read; events nest 32 levels at most"
+        ) from None
     except ValueError as exc:  # also bad UTF-8
         raise RequestError(
             400,
@@ -344,6 +476,42 @@ async def _read_json(request: Request, limit: int) -> Any:
             f"the body is not JSON: {exc}; send one event as a JSON "
             "object, or several as a JSON array",
         ) from None
+
+
+# Bodies larger than this are parsed off the loop.
+_JSON_IN_A_THREAD = 64 * 1024
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return result
+
+
+def _parse_json(body: bytes | bytearray) -> Any:
+    # NaN and Infinity are not JSON: refused like any other non-JSON.
+    return json.loads(body, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _client(scope: Scope) -> str:
+    """The client's address (the proxy's view of it with --proxy-headers)."""
+    client = scope.get("client")
+    return client[0] if client else "unknown"
 
 
 def create_app_from_env() -> HubApp:

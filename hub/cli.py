@@ -6,11 +6,16 @@ import argparse
 import asyncio
 import copy
 import json
+import logging
 import os
+import signal
 import socket
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
 from . import __version__
 from .brokers import BrokerUnavailable, broker_from_url
@@ -94,6 +99,63 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ORIGIN",
         help="let browser pages from ORIGIN subscribe (repeatable; '*' for any)",
     )
+    serve.add_argument(
+        "--shutdown-grace",
+        type=float,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, end every stream with hub.shutdown and exit within this "
+        "(default 5)",
+    )
+    serve.add_argument(
+        "--header-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="a request head must arrive within this (default 10)",
+    )
+    serve.add_argument(
+        "--body-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="a publish body must arrive within this (default 10)",
+    )
+    serve.add_argument(
+        "--keep-alive",
+        type=int,
+        metavar="SECONDS",
+        help="close an idle keep-alive connection after this (default 5)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        metavar="N",
+        help="open streams in this process (default: from the open-file limit)",
+    )
+    serve.add_argument(
+        "--max-connections-per-client",
+        type=int,
+        metavar="N",
+        help="open streams from one client address (default 0: no limit)",
+    )
+    serve.add_argument(
+        "--publish-rate",
+        type=float,
+        metavar="EVENTS",
+        help="events a second one client address may publish, bursts of twice that "
+        "(default 0: no limit)",
+    )
+    serve.add_argument(
+        "--proxy-headers",
+        action="store_true",
+        default=None,
+        help="behind a proxy: take the client address from X-Forwarded-For (off by default)",
+    )
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        type=lambda text: tuple(item.strip() for item in text.split(",") if item.strip()),
+        metavar="IPS",
+        help="proxies trusted with --proxy-headers, comma-separated, '*' for any "
+        "(default 127.0.0.1,::1)",
+    )
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument(
         "--reload", action="store_true", help="restart when the code changes (development)"
@@ -167,51 +229,111 @@ def _serve(settings: Settings, registry: Registry, *, reload: bool, workers: int
     import uvicorn
 
     from .app import create_app
+    from .limits import raise_open_file_limit
 
-    host, port, log_level = settings.host, settings.port, settings.log_level
+    # Before anything opens a file; the workers inherit it. The hub logs the figure at start.
+    raise_open_file_limit()
     # The hub's own log (failing streams, cut-off clients) in uvicorn's format and level.
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["hub"] = {
         "handlers": ["default"],
-        "level": log_level.upper(),
+        "level": settings.log_level.upper(),
         "propagate": False,
     }
-    if reload or workers > 1:
-        # The reloader and the workers import the app afresh in child processes, configured
-        # by environment. uvicorn's supervisor, not ours, handles their SIGTERM: open streams
-        # get a few seconds to end, then are closed.
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "log_config": log_config,
+        # The hub's connections: head limits, aborts, a bounded shutdown (hub/protocol.py).
+        "http": "hub.protocol:HubProtocol",
+        "timeout_keep_alive": settings.keep_alive,
+        # The hub aborts what is left before this; uvicorn's own cut is a last resort.
+        "timeout_graceful_shutdown": settings.shutdown_grace,
+        "proxy_headers": settings.proxy_headers,
+        "forwarded_allow_ips": list(settings.forwarded_allow_ips),
+    }
+    if reload:
         os.environ.update(settings.to_env())
-        uvicorn.run(
-            "hub.app:create_app_from_env",
-            factory=True,
-            reload=reload,
-            workers=workers if not reload else None,
-            timeout_graceful_shutdown=3,
-            host=host,
-            port=port,
-            log_level=log_level,
-            log_config=log_config,
-        )
+        uvicorn.run("hub.cli:app_from_env", factory=True, reload=True, **options)
+        return 0
+    # uvicorn re-raises the signal it stopped on once it has shut down, under the handlers
+    # it found: these, so that a stop on SIGTERM or SIGINT exits with status 0.
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, _ignore)
+    if workers > 1:
+        # The workers import the app afresh, configured by environment.
+        os.environ.update(settings.to_env())
+        config = uvicorn.Config("hub.cli:app_from_env", factory=True, workers=workers, **options)
+        _Supervisor(config, [config.bind_socket()], settings.shutdown_grace).run()
         return 0
     app = create_app(settings, registry)
-    hub = app.state.hub
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, log_config=log_config)
-
-    class Server(uvicorn.Server):
-        loop: asyncio.AbstractEventLoop | None = None
-
-        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-            self.loop = asyncio.get_running_loop()
-            await super().startup(sockets)
-
-        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            # Open streams never end by themselves: end them, or uvicorn waits for them forever.
-            if self.loop is not None and not self.should_exit:
-                self.loop.call_soon_threadsafe(hub.close_responses)
-            super().handle_exit(sig, frame)
-
-    Server(config).run()
+    app.state.hub.on_shutdown.append(_exit_by_deadline)
+    uvicorn.Server(uvicorn.Config(app, **options)).run()
     return 0
+
+
+def app_from_env() -> Any:
+    """The app of a `hub serve` worker (or reloader): configured by `HUB_*`, and sure to exit
+    within its shutdown grace."""
+    from .app import create_app_from_env
+
+    app = create_app_from_env()
+    app.state.hub.on_shutdown.append(_exit_by_deadline)
+    return app
+
+
+def _ignore(sig: int, frame: FrameType | None) -> None:
+    pass
+
+
+def _exit_by_deadline(grace: float) -> None:
+    """Make sure the process is gone within `grace` seconds of now, whatever holds it: the
+    hub has ended every stream and aborts the connections left at its own deadline, so this
+    is a last resort, for a plugin that ignores cancellation or a broker that hangs."""
+
+    def watch() -> None:
+        time.sleep(max(grace - 0.3, 0.1))
+        logging.getLogger("hub").warning(
+            "exiting: the shutdown grace of %g s is over (--shutdown-grace)", grace
+        )
+        logging.shutdown()
+        os._exit(0)
+
+    threading.Thread(target=watch, name="hub shutdown deadline", daemon=True).start()
+
+
+class _Supervisor:
+    """uvicorn's supervisor of `--workers`, made prompt and bounded: on SIGTERM or SIGINT it
+    stops listening at once (uvicorn's keeps its copy of the socket open until the workers
+    are gone, so new connections queue with nobody to accept them) and signals the workers
+    at once (uvicorn's looks every half second), then waits for them no longer than the
+    grace, plus a second."""
+
+    def __init__(self, config: Any, sockets: list[socket.socket], grace: float) -> None:
+        from uvicorn.supervisors import Multiprocess
+
+        class Supervisor(Multiprocess):
+            def join_all(self) -> None:
+                deadline = time.monotonic() + grace + 1
+                for process in self.processes:
+                    process.process.join(max(deadline - time.monotonic(), 0))
+                    if process.process.is_alive():
+                        process.kill()
+                        process.process.join()
+
+        self.supervisor = Supervisor(config, sockets=sockets)
+        self.sockets = sockets
+        for stop in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(stop, self._stop)
+
+    def _stop(self, sig: int, frame: FrameType | None) -> None:
+        for sock in self.sockets:
+            sock.close()
+        self.supervisor.should_exit.set()
+
+    def run(self) -> None:
+        self.supervisor.run()
 
 
 def _print_catalog(registry: Registry, *, as_json: bool) -> int:

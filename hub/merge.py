@@ -3,8 +3,8 @@
 Each selected stream becomes one source, an async generator of batches of `Tagged` items: the
 stream's index in the selection, its new position, the encoded `event:` + `data:` body, and,
 for a topic, the whole frame as a one-stream subscriber sees it (shared by all of them). A
-position of None marks a control event, which moves no position; `END` marks the last frame of
-the response. aiostream's `merge` runs the sources concurrently; `frames()` consumes it inside
+position of None marks a control event, which moves no position; an `_End` marks the last
+frame of a subscriber the hub drops, after which `frames()` raises `Drop`. aiostream's `merge` runs the sources concurrently; `frames()` consumes it inside
 `async with ....stream()`, so leaving the loop for any reason (end, error, client gone,
 cancellation) closes every source and with it every plugin generator and broker subscription.
 
@@ -24,11 +24,11 @@ from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from aiostream import stream as ops
 
-from .brokers import BrokerUnavailable, Interrupted, Overflow
+from .brokers import FRAMES_AT_ONCE, BrokerUnavailable, Interrupted, Overflow
 from .cursor import CursorWriter
 from .events import control_body, encode_event, event_prefix
 from .registry import Stream, Topic
@@ -37,17 +37,30 @@ from .subscription import Selected, Subscription
 if TYPE_CHECKING:
     from .runtime import Hub
 
-__all__ = ["Activity", "frames"]
+__all__ = ["Activity", "Drop", "frames"]
 
 logger = logging.getLogger("hub")
 
 
+class Drop(Exception):
+    """Raised by `frames()` after the last frame of a subscriber the hub drops (it fell
+    behind): the transport ends the response and closes the connection. `reason` names why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class _End:
+    """The position of the last frame of a response that is cut short, and why."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
     def __repr__(self) -> str:
-        return "END"
-
-
-END: Final = _End()
+        return f"END({self.reason!r})"
 
 Tagged = tuple[int, str | _End | None, bytes, bytes | None]
 Batch = list[Tagged]
@@ -75,8 +88,9 @@ async def frames(
     direct: Callable[[bytes], bool] | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """The SSE frames of a subscription, a chunk per batch: each event with the cursor after it
-    as its id. `preamble` (the retry hint) goes first, once every topic's starting position
-    is known, before anything is opened.
+    as its id. The first chunk is `preamble` (the retry hint) and an id-only frame with the
+    starting cursor, made once every topic's starting position is known, before anything is
+    opened. Raises `Drop` after the last frame of a subscriber that fell behind.
 
     `direct` sends frames on the subscriber's connection at once (`SSEResponse.send_now`):
     a subscription to one topic alone lets the broker deliver through it while nothing is
@@ -100,8 +114,11 @@ async def frames(
             if isinstance(selected.stream, Topic)
         )
         return
-    yield preamble  # even empty: the response head waits for this first chunk
     writer = CursorWriter(subscription.names, start)
+    # The response head waits for this first chunk. Besides the retry hint, it carries the
+    # starting cursor as an id-only frame, which sets the client's last event id without
+    # firing an event: a client that drops before any event still resumes exactly.
+    yield preamble + b"id: " + writer.current().encode() + b"\n\n"
     solo = len(subscription.selected) == 1
     sources = [
         _source(index, selected, start.get(selected.name), hub, direct if solo else None)
@@ -117,31 +134,31 @@ async def frames(
     try:
         async with batches as merged:
             async for batch in merged:
-                chunk, last = _encode(batch, writer, solo)
+                chunk, end = _encode(batch, writer, solo)
                 yield chunk
-                if last:
-                    return
+                if end is not None:
+                    raise Drop(end.reason)
     finally:
         activity.subscriptions -= 1
 
 
-def _encode(batch: Batch, writer: CursorWriter, solo: bool) -> tuple[bytes, bool]:
-    """One chunk of frames for a batch, and whether it ends the response."""
+def _encode(batch: Batch, writer: CursorWriter, solo: bool) -> tuple[bytes, _End | None]:
+    """One chunk of frames for a batch, and the end it comes to, if it ends the response."""
     if solo and len(batch) == 1 and batch[0][3] is not None:
-        return batch[0][3], False  # the fan-out case: one topic event, its shared frame
+        return batch[0][3], None  # the fan-out case: one topic event, its shared frame
     out = []
     for index, position, body, solo_frame in batch:
         if position is None:
             out.append(body)
         elif isinstance(position, _End):
             out.append(body)
-            return b"".join(out), True
+            return b"".join(out), position
         elif solo and solo_frame is not None:
             out.append(solo_frame)
         else:
             # Cursors hold no line break (names and positions are checked), so no escaping.
             out += (b"id: ", writer.advance(index, position).encode(), b"\n", body)
-    return b"".join(out), False
+    return b"".join(out), None
 
 
 class Turns:
@@ -238,7 +255,15 @@ async def _source(
                     )
                     yield [(index, None, body, None)]
                 if direct is not None and remaining is None:
+                    # A subscriber of this topic alone: whole frames, shared by all of them,
+                    # in slices of a bounded size however large a publish.
                     subscription.direct = direct  # after the gap: nothing may overtake it
+                    while True:
+                        taken = subscription.take_frames(FRAMES_AT_ONCE)
+                        if taken is None:
+                            await subscription.ready()
+                            continue
+                        yield [(index, taken[1], b"", taken[0])]
                 while True:
                     # A bare future to wait on, not a coroutine: one frame fewer per idle
                     # subscriber.
@@ -267,8 +292,9 @@ async def _source(
                     if remaining == 0:
                         return
     except Overflow as exc:
-        logger.warning("a subscriber of %r fell behind and is cut off: %s", name, exc)
-        yield [(index, END, control_body("overflow", reason=f"{exc} on {name!r}"), None)]
+        # The response logs it, naming the client: it is cut off, and resumes from history.
+        reason = f"{exc} on {name!r}"
+        yield [(index, _End(reason), control_body("overflow", reason=reason), None)]
     except Interrupted as exc:  # a shared producer ended; it logged its own failure
         if exc.reason is not None:
             yield [(index, None, control_body("error", stream=name, error=exc.reason), None)]

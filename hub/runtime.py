@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections import Counter
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
@@ -14,7 +15,8 @@ from typing import Any, ClassVar, Protocol
 from pydantic import ValidationError
 
 from .brokers import Broker, BrokerUnavailable, Entry, Lease, broker_from_url
-from .events import Event
+from .events import Event, control_body, encode_retry
+from .limits import Limits
 from .merge import Activity, frames
 from .registry import Registry, Topic
 from .settings import Settings
@@ -24,11 +26,19 @@ __all__ = ["Hub", "publish"]
 
 logger = logging.getLogger("hub")
 
+# Events validated or encoded between two turns of the loop: a batch of 50,000 must not keep
+# everyone else waiting (about 2 ms a slice).
+SLICE = 500
+# How deep a published event may nest objects and arrays.
+MAX_DEPTH = 32
+# Problems listed in a refusal, at most: a batch of 50,000 bad events gets a short answer.
+MAX_ERRORS = 100
+
 
 class Response(Protocol):
     """What the hub needs of an open SSE response (`hub.sse.SSEResponse`)."""
 
-    def close(self) -> None: ...
+    def close(self, last: bytes = b"") -> None: ...
 
     def look_after(self, now: float, ping_interval: float, send_timeout: float) -> None: ...
 
@@ -52,16 +62,23 @@ class Hub:
         self.settings = settings if settings is not None else Settings()
         self.broker = broker if broker is not None else broker_from_url(self.settings.broker)
         self.activity = Activity()
+        self.limits = Limits(self.settings)
         self.producers = Producers(self)
         self.topics = {d.name: d for d in registry if isinstance(d, Topic)}
         self._responses: set[Response] = set()
         self._keep_alive: asyncio.Task[None] | None = None
+        # Shutdown: set once it begins, with the loop time by which every connection is
+        # gone (`begin_shutdown`); called back then, e.g. by `hub serve`'s exit watchdog.
+        self.stopping = False
+        self.shutdown_deadline: float | None = None
+        self.on_shutdown: list[Callable[[float], None]] = []
         for definition in self.topics.values():
             self.broker.declare(definition.name, definition.config)
 
     async def start(self) -> None:
         await self.broker.start()
         Hub.current = self
+        logger.info("limits: %s", self.limits.describe())
         checks = [t / 2 for t in (self.settings.ping_interval, self.settings.send_timeout) if t]
         if checks:
             self._keep_alive = asyncio.create_task(self._look_after_responses(min(checks)))
@@ -77,9 +94,31 @@ class Hub:
         self._responses.discard(response)
 
     def close_responses(self) -> None:
-        """End every open response: the server is stopping, and streams never end alone."""
+        """End every open response with `hub.shutdown`: the server is stopping, and streams
+        never end alone. Each gets a `retry:` hint of its own, spread over one to two times
+        `--retry`, so that a stopping instance's clients do not all come back at once."""
+        retry = self.settings.retry
         for response in list(self._responses):
-            response.close()
+            response.close(
+                encode_retry(random.randint(retry, 2 * retry))
+                + control_body("shutdown", reason="the hub is shutting down; reconnect")
+            )
+
+    def begin_shutdown(self) -> None:
+        """The server stops (SIGTERM, SIGINT): refuse new streams, end the open ones, and set
+        the deadline by which every connection is gone, leaving room in `--shutdown-grace`
+        to close the broker. Idempotent."""
+        if self.stopping:
+            return
+        self.stopping = True
+        grace = self.settings.shutdown_grace
+        loop = asyncio.get_running_loop()
+        self.shutdown_deadline = loop.time() + max(grace - 2.0, grace / 2)
+        if self._responses:
+            logger.info("shutting down: ending %d open streams", len(self._responses))
+        self.close_responses()
+        for callback in self.on_shutdown:
+            callback(grace)
 
     async def _look_after_responses(self, every: float) -> None:
         # One task for all connections instead of timers in each: it pings the quiet ones and
@@ -93,6 +132,7 @@ class Hub:
                 response.look_after(now, ping_interval, send_timeout)
 
     async def stop(self) -> None:
+        self.begin_shutdown()
         if self._keep_alive is not None:
             self._keep_alive.cancel()
         self.close_responses()
@@ -128,10 +168,16 @@ class Hub:
         """Validate and publish events to the topic `name`, in order, all or none.
 
         Raises `RequestError` (404 unknown, 405 not a publishable topic, 422 invalid), which
-        the app answers as is.
+        the app answers as is, and `BrokerUnavailable`. A large batch is validated and
+        encoded a slice at a time, letting the loop serve others in between.
         """
         definition = self.publishable(name)
-        data = [event.model_dump_json() for event in self.validate(definition, events)]
+        validated = await self.validate(definition, events)
+        data: list[str] = []
+        for start in range(0, len(validated), SLICE):
+            if start:
+                await asyncio.sleep(0)
+            data += [event.model_dump_json() for event in validated[start : start + SLICE]]
         return await self.broker.publish(name, data)
 
     def publishable(self, name: str) -> Topic:
@@ -155,11 +201,16 @@ class Hub:
         return definition
 
     @staticmethod
-    def validate(definition: Topic, events: Iterable[Event | Mapping[str, Any]]) -> list[Event]:
+    async def validate(
+        definition: Topic, events: Iterable[Event | Mapping[str, Any]]
+    ) -> list[Event]:
+        """The events as the topic's model, or a 422 naming every problem; a slice at a time."""
         model = definition.event_model
         validated: list[Event] = []
         errors: list[dict[str, Any]] = []
         for index, event in enumerate(events):
+            if index and not index % SLICE:
+                await asyncio.sleep(0)
             if isinstance(event, model):
                 validated.append(event)
                 continue
@@ -169,6 +220,15 @@ class Hub:
                         "index": index,
                         "field": "",
                         "message": f"expected a JSON object ({model.__name__})",
+                    }
+                )
+                continue
+            if _deeper_than(event, MAX_DEPTH):
+                errors.append(
+                    {
+                        "index": index,
+                        "field": "",
+                        "message": f"nested deeper than {MAX_DEPTH} levels",
                     }
                 )
                 continue
@@ -191,19 +251,37 @@ class Hub:
                     }
                     for error in exc.errors(include_url=False)
                 ]
+            if len(errors) >= MAX_ERRORS:
+                break
         if errors:
+            errors = errors[:MAX_ERRORS]
             summary = "; ".join(
-                f"[{e['index']}] {e['field'] or '(event)'}: {e['message']}" for e in errors
+                f"[{e['index']}] {e['field'] or '(event)'}: {e['message']}" for e in errors[:10]
             )
+            more = f" (and {len(errors) - 10} more in 'errors')" if len(errors) > 10 else ""
             raise RequestError(
                 422,
                 "invalid_events",
-                f"invalid events for {definition.name!r} ({model.__name__}): {summary}",
+                f"invalid events for {definition.name!r} ({model.__name__}): {summary}{more}",
                 errors=errors,
             )
         if not validated:
             raise RequestError(422, "invalid_events", "no events given: send one or more")
         return validated
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether JSON-like `value` nests containers more than `limit` deep (without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, Mapping) else item
+        for child in children:
+            if isinstance(child, (Mapping, list)):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 async def publish(name: str, *events: Event | Mapping[str, Any]) -> list[str]:
@@ -304,7 +382,7 @@ class Producers:
                 lease = await broker.lease(name)
             except BrokerUnavailable as exc:
                 if not failures:
-                    logger.warning("shared stream %r waits for its broker: %s", name, exc)
+                    logger.debug("shared stream %r waits for its broker: %s", name, exc)
                 failures += 1
             else:
                 if lease is not None:
@@ -328,7 +406,7 @@ class Producers:
                     await broker.publish(name, [event.model_dump_json()])
         except BrokerUnavailable as exc:
             # Not the stream's fault: it runs again once the broker is back.
-            logger.warning("shared stream %r stops until its broker is back: %s", name, exc)
+            logger.debug("shared stream %r stops until its broker is back: %s", name, exc)
             broker.interrupt(name, str(exc))
             return True
         except Exception as exc:

@@ -34,17 +34,33 @@ class Settings:
     # Browser origins allowed to subscribe from other sites (CORS); "*" allows any.
     cors_origins: tuple[str, ...] = ()
     log_level: str = "info"
+    # On SIGTERM or SIGINT: seconds until the process has exited, whatever the clients do.
+    shutdown_grace: float = 5.0
+    header_timeout: float = 10.0  # a request head must have arrived by then
+    body_timeout: float = 10.0  # a publish body must have arrived by then
+    keep_alive: int = 5  # seconds an idle keep-alive connection is kept
+    # Open streams in this process; 0 = from the open-file limit, leaving room for the rest.
+    max_connections: int = 0
+    max_connections_per_client: int = 0  # open streams from one client address; 0 = off
+    publish_rate: float = 0.0  # events per second per client address (burst: twice); 0 = off
+    # Behind a proxy: take the client address from X-Forwarded-For / X-Forwarded-Proto when
+    # the connection comes from one of `forwarded_allow_ips` ("*" for any).
+    proxy_headers: bool = False
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
 
     def __post_init__(self) -> None:
-        for name in ("port", "retry"):
+        for name in ("port", "retry", "max_connections", "max_connections_per_client"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("max_streams", "buffer", "max_publish_bytes"):
+        for name in ("max_streams", "buffer", "max_publish_bytes", "keep_alive"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("ping_interval", "send_timeout", "broker_wait"):
+        for name in ("ping_interval", "send_timeout", "broker_wait", "publish_rate"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name} must be >= 0 seconds, got {getattr(self, name)}")
+        for name in ("shutdown_grace", "header_timeout", "body_timeout"):
+            if not getattr(self, name) > 0:
+                raise SettingsError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -56,7 +72,7 @@ class Settings:
             if variable in environ:
                 values[f.name] = _convert(variable, environ[variable], _PARSERS[f.name])
         values.update({k: v for k, v in overrides.items() if v is not None})
-        for name in ("streams", "cors_origins"):
+        for name in ("streams", "cors_origins", "forwarded_allow_ips"):
             if name in values:
                 values[name] = tuple(values[name])
         return replace(cls(), **values)
@@ -103,6 +119,15 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "send_timeout": float,
     "cors_origins": _comma_list,
     "log_level": str.lower,
+    "shutdown_grace": float,
+    "header_timeout": float,
+    "body_timeout": float,
+    "keep_alive": int,
+    "max_connections": int,
+    "max_connections_per_client": int,
+    "publish_rate": float,
+    "proxy_headers": _boolean,
+    "forwarded_allow_ips": _comma_list,
 }
 
 

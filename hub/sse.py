@@ -12,28 +12,36 @@ showed to dominate:
   (a timer per send was a fifth of the fan-out's CPU).
 
 A client that leaves cancels the sending task; the frames generator is closed and with it every
-source. On shutdown the hub closes every open response the same way, so `hub serve` stops
-promptly on SIGTERM even with streams open.
+source. When the hub ends a response itself, the connection goes with it, even if the client
+never reads again: a client stuck in a send is aborted at once (`hub.protocol`'s
+`hub.connection` extension: nothing is left in the kernel, the descriptor is closed); one that
+fell behind (`Drop`) or a response the hub closes at shutdown gets its last frames and the end
+of the response within `END_WITHIN` seconds, then a close, or an abort if it took nothing.
+Each cut-off is one WARNING line naming the client and the reason, never an ERROR.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Coroutine, Generator
+from collections.abc import AsyncGenerator, Callable, Coroutine, Generator
 from typing import Any, Protocol
 
 from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from .merge import Drop
+
 __all__ = ["SSEResponse"]
 
 logger = logging.getLogger("hub")
 
 PING = b": ping\n\n"
+# Seconds the last frames of a response that the hub ends have to go out, before the client is
+# dropped: short, so that its connection is gone within 2 s.
+END_WITHIN = 1.5
 _HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-store"),
@@ -81,9 +89,12 @@ class SSEResponse(Response):
         self._ping: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[Message] | None = None
         self._finishing: asyncio.Future[None] | None = None  # a send begun by send_now
+        self._last = b""  # the frames to end with when the hub closes it
+        self.on_close: Callable[[], None] | None = None  # called once the response is over
 
-    def close(self) -> None:
-        """End this response now (the hub is shutting down)."""
+    def close(self, last: bytes = b"") -> None:
+        """End this response now, with `last` as its last frames (the hub is shutting down)."""
+        self._last = last
         self._stop()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -91,19 +102,26 @@ class SSEResponse(Response):
             raise RuntimeError("SSEResponse has nothing to send: set its chunks first")
         start: Message = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
         if scope.get("method") == "HEAD":  # headers only: a stream would never end
-            await send(start)
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            await self.chunks.aclose()
+            try:
+                await send(start)
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            finally:
+                await self.chunks.aclose()
+                if self.on_close is not None:
+                    self.on_close()
             return
         self._task = asyncio.current_task()
         self._send_to = send
+        # The server's hold on the connection, to drop it for real (`hub.protocol`).
+        connection = scope.get("extensions", {}).get("hub.connection")
         if self._tracker is not None:
             self._tracker.track(self)
         self._watch(receive)
         try:
             try:
-                # The head waits for the first chunk (for the hub, the retry hint, ready once
-                # every topic's starting position is fixed), and goes out with it.
+                # The head waits for the first chunk (for the hub, the retry hint and the
+                # starting cursor, ready once every topic's starting position is fixed), and
+                # goes out with it.
                 first = await anext(self.chunks, None)
                 await self._send(send, start)
                 if first:
@@ -127,6 +145,11 @@ class SSEResponse(Response):
             finally:
                 await self.chunks.aclose()
             await self._send(send, {"type": "http.response.body", "body": b"", "more_body": False})
+        except Drop as drop:
+            # The frames ended with the reason (they went out above): end the response, and
+            # the connection with it, even if the client has stopped reading.
+            logger.warning("cut off %s (%s): %s", _client(scope), _query(scope), drop.reason)
+            await self._end(send, b"", connection, drop=True)
         except asyncio.CancelledError:
             if not self._stopping:
                 raise  # cancelled by the server, not by us: let it unwind
@@ -134,20 +157,17 @@ class SSEResponse(Response):
             if current is not None:
                 current.uncancel()
             if self._cut_off is not None:
-                client = scope.get("client") or ("?", 0)
                 logger.warning(
-                    "cut off %s:%s: it accepted no frame for %.1f s (%s)",
-                    client[0],
-                    client[1],
+                    "cut off %s (%s): it accepted no frame for %.1f s (--send-timeout)",
+                    _client(scope),
+                    _query(scope),
                     self._cut_off,
-                    scope.get("query_string", b"").decode(errors="replace"),
                 )
+                await self._drop(connection)
             elif not self._disconnected:
                 # The hub stops: the generators are closed, and a client that is still there
-                # gets a proper end of the response.
-                with contextlib.suppress(Exception, TimeoutError):
-                    async with asyncio.timeout(1.0):
-                        await send({"type": "http.response.body", "body": b"", "more_body": False})
+                # gets the last frames and a proper end of the response.
+                await self._end(send, self._last, connection, drop=False)
         finally:
             if self._finishing is not None:
                 self._finishing.cancel()
@@ -156,8 +176,37 @@ class SSEResponse(Response):
                 watcher.cancel()
             if self._tracker is not None:
                 self._tracker.untrack(self)
+            if self.on_close is not None:
+                self.on_close()
         if self.background is not None:
             await self.background()
+
+    async def _end(self, send: Send, last: bytes, connection: Any, *, drop: bool) -> None:
+        """Send `last` and the end of the response, within `END_WITHIN` seconds; then close
+        the connection if `drop`. A client that does not take them in time is dropped."""
+        finishing = self._finishing
+        try:
+            async with asyncio.timeout(END_WITHIN):
+                if finishing is not None and not finishing.done():
+                    await asyncio.wait((finishing,))
+                if last:
+                    await send({"type": "http.response.body", "body": last, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except Exception:  # noqa: BLE001 - a timeout, or a connection that failed meanwhile
+            await self._drop(connection)
+            return
+        if drop and connection is not None:
+            connection.close_soon()
+
+    async def _drop(self, connection: Any) -> None:
+        """Abort the connection, and wait until the server has seen it go, so that it does not
+        take the unfinished response for an error of ours."""
+        if connection is None:
+            return  # not the hub's protocol: returning unfinished is all there is
+        connection.abort()
+        watcher = self._watcher
+        if watcher is not None and not watcher.done():
+            await asyncio.wait((watcher,), timeout=1.0)
 
     async def _send(self, send: Send, message: Message) -> None:
         self._sending_since = time.monotonic()
@@ -223,7 +272,9 @@ class SSEResponse(Response):
             self._ping.add_done_callback(_quietly)
 
     def _stop(self) -> None:
-        if self._task is not None and not self._task.done():
+        # Once: what follows the first stop (the last frames, an abort) is bounded already,
+        # and must not be cancelled by the disconnect that it causes itself.
+        if self._task is not None and not self._task.done() and not self._stopping:
             self._stopping = True
             self._task.cancel()
 
@@ -273,6 +324,15 @@ class _Resumed:
                 waiting_on = self.step.send(result)
             except StopIteration:
                 return
+
+
+def _client(scope: Scope) -> str:
+    client = scope.get("client") or ("?", 0)
+    return f"{client[0]}:{client[1]}"
+
+
+def _query(scope: Scope) -> str:
+    return scope.get("query_string", b"")[:200].decode(errors="replace")
 
 
 def _quietly(task: asyncio.Task[None]) -> None:

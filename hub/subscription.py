@@ -25,17 +25,41 @@ _MAX_COUNT_DIGITS = 18
 
 
 class RequestError(Exception):
-    """A request the hub refuses before streaming: its HTTP status and a JSON-able body."""
+    """A request the hub refuses before streaming: its HTTP status and a JSON-able body.
 
-    def __init__(self, status: int, code: str, message: str, **details: Any) -> None:
+    `retry_after` (seconds) is sent as `Retry-After`; `load` marks a refusal for load (a
+    limit, or shutdown), which an `EventSource` gets as `hub.busy` in a 200, since it gives
+    up for good on any other status.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        load: bool = False,
+        **details: Any,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.retry_after = retry_after
+        self.load = load
         self.details = details
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message, **self.details}}
+        error = {"code": self.code, "message": self.message, **self.details}
+        if self.retry_after is not None:
+            error["retry_after"] = self.retry_after
+        return {"error": error}
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, round(self.retry_after)))}
 
 
 @dataclass(frozen=True, slots=True)

@@ -259,7 +259,7 @@ def test_curl_sees_frames_at_once_and_unbuffered(hub_server: HubServer) -> None:
     with subprocess.Popen([curl, "-sN", url], stdout=subprocess.PIPE, text=True) as process:
         assert process.stdout is not None
         # echo waits 60 s after its first event: these lines can only come unbuffered
-        lines = [process.stdout.readline() for _ in range(10)]
+        lines = [process.stdout.readline() for _ in range(12)]
         process.terminate()
     text = "".join(lines)
     frame = (
@@ -283,6 +283,7 @@ def test_curl_count_ends_by_itself(hub_server: HubServer) -> None:
     assert result.returncode == 0
     assert result.stdout == (
         "retry: 1500\n\n"
+        "id: counter:-\n\n"  # the starting cursor, before any event
         'id: counter:0\nevent: counter\ndata: {"n":0}\n\n'
         'id: counter:1\nevent: counter\ndata: {"n":1}\n\n'
         'id: counter:2\nevent: counter\ndata: {"n":2}\n\n'

@@ -200,10 +200,10 @@ async def test_another_brokers_position_is_a_gap_with_everything_retained(foreig
 async def test_overflow_cuts_the_slow_subscriber_off_and_frees_its_backlog() -> None:
     broker = make()
     slow = await broker.subscribe("news", pos(0), 3)
-    for n in range(1, 4):
+    for n in range(1, 5):  # the publish being delivered, and 3 more waiting
         await broker.publish("news", items(1, start=n))
-    assert broker.buffered() == (3, 3)
-    await broker.publish("news", items(1, start=4))
+    assert broker.buffered() == (4, 4)
+    await broker.publish("news", items(1, start=5))
     assert slow.buffered == 0 and broker.buffered() == (0, 0)
     with pytest.raises(Overflow):
         await slow.__anext__()
@@ -226,16 +226,19 @@ async def test_a_slow_subscriber_does_not_affect_another() -> None:
 
 
 async def test_a_reader_that_keeps_up_takes_a_batch_bigger_than_its_buffer() -> None:
-    # Being behind means a full queue when more arrives (hub/brokers/memory.py, _Reader.push);
-    # a batch is bounded by the publish body limit, not by the buffer.
+    # Being behind means more than the buffer waiting beyond the publish being delivered,
+    # when more arrives (hub/brokers/_fanout.py, Reader.push); a batch is bounded by the
+    # publish body limit, not by the buffer.
     broker = make()
     reader = await broker.subscribe("news", pos(0), 3)
     await broker.publish("news", items(5))
     assert reader.buffered == 5
     assert await take(reader, 5) == [pos(n) for n in range(1, 6)]
-    await broker.publish("news", items(3, start=6))  # exactly full: still fine
-    assert reader.buffered == 3
-    await broker.publish("news", items(1, start=9))  # full when more arrives: cut off
+    await broker.publish("news", items(20, start=6))  # a batch bigger than the buffer
+    for n in range(26, 29):  # and exactly the buffer behind it: still fine
+        await broker.publish("news", items(1, start=n))
+    assert reader.buffered == 23
+    await broker.publish("news", items(1, start=29))  # one more beyond: cut off
     assert reader.buffered == 0
     with pytest.raises(Overflow):
         await reader.__anext__()

@@ -415,12 +415,14 @@ async def test_the_first_chunk_waits_for_live_positions_and_nothing_after_it_is_
         )
         frames = hub.frames(subscription, preamble=b"retry: 1\n\n")
         first = asyncio.create_task(anext(frames))
-        await hub.publish("chat", [message("early", "before the position is known")])
+        [early] = await hub.publish("chat", [message("early", "before the position is known")])
         for _ in range(20):
             await asyncio.sleep(0)
         assert not first.done()  # the head would still be waiting
         broker.gate.set()
-        assert await asyncio.wait_for(first, 5) == b"retry: 1\n\n"
+        # The retry hint, and the starting cursor as an id-only frame: after the early event.
+        expected = b"retry: 1\n\nid: chat:" + early.position.encode() + b"\n\n"
+        assert await asyncio.wait_for(first, 5) == expected
         [entry] = await hub.publish("chat", [message("late", "right after the head")])
         chunk = await asyncio.wait_for(anext(frames), 5)
         assert chunk == entry.solo

@@ -5,6 +5,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from .base import (
+    FRAMES_AT_ONCE,
     Broker,
     BrokerSubscription,
     BrokerUnavailable,
@@ -17,6 +18,7 @@ from .base import (
 )
 
 __all__ = [
+    "FRAMES_AT_ONCE",
     "Broker",
     "BrokerSubscription",
     "BrokerUnavailable",

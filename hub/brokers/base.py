@@ -22,6 +22,7 @@ from ..cursor import quote_name
 from ..events import encode_body
 
 __all__ = [
+    "FRAMES_AT_ONCE",
     "Broker",
     "BrokerSubscription",
     "BrokerUnavailable",
@@ -31,6 +32,11 @@ __all__ = [
     "Overflow",
     "TopicConfig",
 ]
+
+# The most bytes of frames handed to a connection at once: as much as uvicorn lets a
+# transport buffer before a write waits (64 KiB), so that a subscriber's connection holds a
+# bounded amount whatever the size of a publish.
+FRAMES_AT_ONCE = 64 * 1024
 
 # What any broker's position looks like. A position of this form that is not one of this
 # broker's own (another broker's, after a deployment moved from memory to Redis, or made up)
@@ -116,6 +122,14 @@ class BrokerSubscription(ABC):
     @abstractmethod
     def take_nowait(self, most: int) -> list[Entry]:
         """The entries ready now, up to `most`, maybe none; raises as `take` does."""
+
+    def take_frames(self, most: int) -> tuple[bytes, str] | None:
+        """The next entries' one-topic frames (about `most` bytes, at least one entry) and
+        the position of the last; None when none is ready. Raises as `take_nowait` does."""
+        entries = self.take_nowait(max(1, most // 256))
+        if not entries:
+            return None
+        return b"".join(entry.solo for entry in entries), entries[-1].position
 
     @abstractmethod
     def ready(self) -> Awaitable[None]:

@@ -7,6 +7,7 @@ and answered with a gap rather than taken for a position in today's history.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import time
@@ -14,16 +15,17 @@ from collections import deque
 from collections.abc import Sequence
 from itertools import islice
 
-from ._fanout import Reader
+from ._fanout import Reader, Run, fan_out
 from .base import Broker, BrokerSubscription, Entry, Gap, Interrupted, TopicConfig
 
 __all__ = ["MemoryBroker"]
 
 _POSITION = re.compile(r"([a-z0-9]{1,16})\.(\d{1,18})")
+_SLICE = 500  # entries encoded between two turns of the loop
 
 
 class _Topic:
-    __slots__ = ("name", "config", "entries", "stamps", "seq", "readers")
+    __slots__ = ("name", "config", "entries", "stamps", "seq", "readers", "publishing")
 
     def __init__(self, name: str, config: TopicConfig) -> None:
         self.name = name
@@ -32,6 +34,8 @@ class _Topic:
         self.stamps: deque[float] = deque()  # monotonic publish times, for age bounds
         self.seq = 0  # of the newest event
         self.readers: set[Reader] = set()
+        # One publish at a time, in order: a large one yields to the loop as it goes.
+        self.publishing = asyncio.Lock()
 
     def trim(self) -> None:
         while len(self.entries) > self.config.history:
@@ -83,18 +87,24 @@ class MemoryBroker(Broker):
 
     async def publish(self, topic: str, data: Sequence[str]) -> list[Entry]:
         state = self._topic(topic)
-        first = state.seq + 1
-        entries = [
-            Entry.encode(topic, self._position(seq), item)
-            for seq, item in enumerate(data, start=first)
-        ]
-        state.seq += len(entries)
-        now = time.monotonic()
-        state.entries.extend(entries)
-        state.stamps.extend(now for _ in entries)
-        state.trim()
-        for reader in list(state.readers):
-            reader.push(entries)
+        async with state.publishing:
+            first = state.seq + 1
+            entries: list[Entry] = []
+            for start in range(0, len(data), _SLICE):
+                if start:
+                    await asyncio.sleep(0)  # a large batch lets the loop serve others
+                entries += [
+                    Entry.encode(topic, self._position(seq), item)
+                    for seq, item in enumerate(data[start : start + _SLICE], start=first + start)
+                ]
+            # The history grows and fan-out takes its readers in one step: a subscriber
+            # arriving meanwhile either replays these or is pushed them, never both.
+            state.seq += len(entries)
+            now = time.monotonic()
+            state.entries.extend(entries)
+            state.stamps.extend(now for _ in entries)
+            state.trim()
+            await fan_out(state.readers, Run(entries))
         return entries
 
     async def subscribe(self, topic: str, after: str, buffer: int) -> BrokerSubscription:

@@ -1,0 +1,326 @@
+"""The hub's HTTP/1.1 connections under uvicorn: its httptools protocol, plus the limits and
+the real disconnects that a server on the open internet needs and uvicorn leaves out.
+
+`hub serve` runs uvicorn with `http=HubProtocol`. What it adds:
+
+- **Time and size limits on the request head.** uvicorn waits for ever for a head, and
+  httptools buffers a header of any length: one byte a second, or a header without end, would
+  hold a connection (and its memory) for ever. Here the head must arrive within
+  `--header-timeout`; the request target may take 8 KiB (414 `uri_too_long`) and the headers
+  16 KiB (431 `headers_too_large`), counted as the bytes arrive. A connection that sent
+  nothing at all is closed without an answer at the timeout, as nginx does.
+- **A cap on connections** from the open-file limit (`Limits.max_connections`): past it a new
+  connection is answered 503 `too_many_connections` at once and closed, so that the process
+  never runs out of descriptors, which would leave it unable to accept or answer anyone.
+- **Aborts.** ASGI has no way to say "drop this connection". An app that returns without
+  ending its response makes uvicorn log an ERROR and call `transport.close()`, which first
+  flushes what is buffered: it never finishes if the peer never reads, and a stalled client
+  keeps its socket, its descriptor and megabytes of buffers for ever. So the protocol puts
+  itself in each request's scope as the extension `hub.connection`, for the hub's responses:
+  - `abort()`: `SO_LINGER` 0, then `transport.abort()`. The kernel drops what it holds for
+    the peer and sends a RST, the descriptor is closed at once, and uvicorn's
+    `connection_lost` tells the app `http.disconnect`, as for any client that leaves;
+  - `close_soon()`: the close of a connection the hub ends on purpose, after a last frame:
+    a flushing close, made an abort if the peer has not taken the rest within 2 s.
+  uvicorn's own closes (keep-alive timeout, refusals, a response with `Connection: close`)
+  get the same 2 s bound. Under another server the extension is absent, and the hub falls
+  back to returning without completing the response.
+- **A bounded graceful shutdown.** uvicorn's shutdown closes the listeners, then calls each
+  connection's `shutdown()`. The first call tells the hub (`Hub.begin_shutdown`), which ends
+  every stream with `hub.shutdown`. A connection still busy at the hub's deadline (a stalled
+  reader, a half-sent POST) is aborted then, so uvicorn never waits past the grace.
+- **Errors as JSON**, like every other error of the hub, not uvicorn's plain text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import struct
+import time
+from typing import TYPE_CHECKING, Any
+
+import httptools
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.server import ServerState
+
+if TYPE_CHECKING:
+    from .runtime import Hub
+
+__all__ = ["MAX_HEADER_BYTES", "MAX_TARGET_BYTES", "HubProtocol"]
+
+logger = logging.getLogger("hub")
+
+MAX_TARGET_BYTES = 8 * 1024
+MAX_HEADER_BYTES = 16 * 1024
+# Bytes of a head in all, before it is complete: the two limits and the request line.
+_MAX_HEAD_BYTES = MAX_TARGET_BYTES + MAX_HEADER_BYTES + 1024
+# How long a connection the hub closes has to take what is left, before it is aborted.
+CLOSE_WITHIN = 2.0
+_NO_LINGER = struct.pack("ii", 1, 0)
+
+
+class _Refusal(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class HubProtocol(HttpToolsProtocol):
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        # The app's lifespan puts its hub in the state it shares with the server.
+        self.hub: Hub | None = app_state.get("hub")
+        self.header_timeout = self.hub.settings.header_timeout if self.hub else 10.0
+        self._reading_head = True
+        self._head_bytes = 0
+        self._header_bytes = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._abort_timer: asyncio.TimerHandle | None = None
+        self._refused = False
+        self._lost = False
+        self._counted = False
+
+    # The connection's life.
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        limits = self.hub.limits if self.hub is not None else None
+        if limits is not None:
+            limits.connections += 1
+            self._counted = True
+            if limits.connections > limits.max_connections:
+                self._refuse(
+                    503,
+                    "too_many_connections",
+                    f"this hub takes {limits.max_connections} connections at most and is "
+                    "full; retry later",
+                    retry_after=5,
+                )
+                return
+        self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        if self._counted and self.hub is not None:
+            self.hub.limits.connections -= 1
+            self._counted = False
+        for timer in (self._head_timer, self._abort_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._abort_timer = None
+        super().connection_lost(exc)
+
+    def abort(self) -> None:
+        """Drop the connection now: nothing left in the kernel for the peer, a RST, the
+        descriptor closed."""
+        if self._lost:
+            return
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _NO_LINGER)
+            except OSError:
+                pass
+        self.transport.abort()
+
+    def close_soon(self, within: float = CLOSE_WITHIN) -> None:
+        """Close once what is buffered has gone out, or abort after `within` seconds."""
+        if self._lost:
+            return
+        if not self.transport.is_closing():
+            self.transport.close()
+        self._abort_by(self.loop.time() + within)
+
+    def _abort_by(self, when: float) -> None:
+        timer = self._abort_timer
+        if timer is not None:
+            if timer.when() <= when:
+                return
+            timer.cancel()
+        self._abort_timer = self.loop.call_at(when, self.abort)
+
+    # Reading requests.
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._unset_keepalive_if_required()
+        if self._reading_head:
+            self._head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _Refusal):
+                refusal = exc.__context__
+                self._refuse(refusal.status, refusal.code, refusal.message)
+            else:
+                self._malformed(exc)
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        except httptools.HttpParserError as exc:
+            self._malformed(exc)
+            return
+        if self._reading_head and self._head_bytes > _MAX_HEAD_BYTES:
+            self._refuse(
+                431,
+                "headers_too_large",
+                f"the request head is over {_MAX_HEAD_BYTES} bytes; the headers may take "
+                f"{MAX_HEADER_BYTES} bytes and the request target {MAX_TARGET_BYTES}",
+            )
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.scope["extensions"] = {"hub.connection": self}
+        if not self._reading_head:  # the next request on a kept-alive connection
+            self._reading_head = True
+            self._head_bytes = 0
+            self._header_bytes = 0
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_later(
+                    self.header_timeout, self._head_timed_out
+                )
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        if len(self.url) > MAX_TARGET_BYTES:
+            raise _Refusal(
+                414,
+                "uri_too_long",
+                f"the request target is over {MAX_TARGET_BYTES} bytes; select fewer streams "
+                "or parameters, or send the cursor as a Last-Event-ID header",
+            )
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > MAX_HEADER_BYTES:
+            raise _Refusal(
+                431,
+                "headers_too_large",
+                f"the request headers are over {MAX_HEADER_BYTES} bytes",
+            )
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._reading_head = False
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().on_headers_complete()
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self._reading_head or self._refused or self._lost:
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            return  # a response is under way: the next head may wait for it
+        if not self._head_bytes:
+            # Opened and silent (a browser's spare connection, or a slowloris): just close.
+            self._refused = True
+            _throttled(
+                "silent", f"closed a connection silent for {self.header_timeout:g} s", self
+            )
+            self.close_soon()
+            return
+        self._refuse(
+            408,
+            "header_timeout",
+            f"the request head did not arrive within {self.header_timeout:g} s",
+        )
+
+    # Writing.
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._lost:
+            return
+        if self.cycle is not None and self.cycle.more_body and not self.transport.is_closing():
+            # Answered before its body was read (a refusal): what is left of the body may
+            # trickle in for ever, so the connection is not kept.
+            self.close_soon()
+        elif self.transport.is_closing():
+            self._abort_by(self.loop.time() + CLOSE_WITHIN)
+
+    def timeout_keep_alive_handler(self) -> None:
+        self.close_soon()
+
+    def shutdown(self) -> None:
+        hub = self.hub
+        if hub is not None:
+            hub.begin_shutdown()  # once, at the first connection: ends every stream
+        if self.cycle is None or self.cycle.response_complete:
+            self.close_soon()
+            return
+        self.cycle.keep_alive = False
+        if hub is not None and hub.shutdown_deadline is not None:
+            self._abort_by(hub.shutdown_deadline)
+
+    def send_400_response(self, msg: str) -> None:
+        self._refuse(400, "malformed_request", f"the request is not valid HTTP/1.1: {msg}")
+
+    def _malformed(self, exc: Exception) -> None:
+        reason = str(exc) or type(exc).__name__
+        self._refuse(400, "malformed_request", f"the request is not valid HTTP/1.1: {reason}")
+
+    def _refuse(
+        self, status: int, code: str, message: str, retry_after: float | None = None
+    ) -> None:
+        """Answer with a JSON error and close; nothing more is read from this connection."""
+        self._refused = True
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.close_soon()  # a response is under way: no room for another
+            return
+        error: dict[str, Any] = {"code": code, "message": message}
+        if retry_after is not None:
+            error["retry_after"] = retry_after
+        body = json.dumps({"error": error}, separators=(",", ":")).encode()
+        head = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head += [
+            b"content-type: application/json\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n",
+        ]
+        if retry_after is not None:
+            head.append(b"retry-after: %d\r\n" % retry_after)
+        head += [b"\r\n", body]
+        self.transport.write(b"".join(head))
+        self.close_soon()
+        _throttled(code, f"refused a connection: {status} {code}", self)
+
+
+_LOGGED: dict[str, tuple[float, int]] = {}  # what -> (when last logged, how many since)
+
+
+def _throttled(what: str, message: str, protocol: HubProtocol) -> None:
+    """One WARNING per kind of refusal every 10 s at most, with a count of the rest: a flood
+    of bad connections must not flood the log."""
+    now = time.monotonic()
+    last, since = _LOGGED.get(what, (0.0, 0))
+    if now - last < 10:
+        _LOGGED[what] = (last, since + 1)
+        return
+    _LOGGED[what] = (now, 0)
+    client = "%s:%d" % protocol.client if protocol.client else "?"
+    more = f" (and {since} more like it in the last 10 s)" if since else ""
+    logger.warning("%s, from %s%s", message, client, more)
