@@ -14,8 +14,23 @@ Redis entry id at all (the memory broker's `2r76ji.1`, held by browsers when a d
 from memory to Redis): the subscriber is told, and gets everything retained. `max_age` trims
 by entry id (`XTRIM MINID`): ids are Redis's clock in milliseconds.
 
-Needs the `redis` extra (`pip install 'hub[redis]'`). The URL's query may name the key
-prefix: `redis://127.0.0.1:6379/0?prefix=myhub:` (default `hub:`).
+Needs the `redis` extra (`pip install 'hub[redis]'`). The URL's query carries the options,
+e.g. `redis://127.0.0.1:6379/0?prefix=myhub:&command_timeout=3`:
+- `prefix`: the key prefix (default `hub:`);
+- `lease_ttl`: a shared stream's lease, in seconds (default 10);
+- `command_timeout`: the longest anything in the hub waits for Redis, in seconds (default 3;
+  a feed's `XREAD` may take its 0.5 s block on top). A Redis that stops answering (frozen,
+  a network cut) gives a publish its 503 and a subscriber its `hub.error` within that, never
+  after minutes. A command given up on is not cancelled (see `RedisBroker.call`): if Redis
+  wakes up, it still runs, so a publish answered 503 may yet land (at least once, like any
+  request that timed out);
+- redis-py's own options (`socket_timeout`, `max_connections`, ...), which win over the
+  hub's defaults.
+
+Trouble is logged once per process, not per subscriber or per command: one WARNING when Redis
+goes away (a command fails to connect, or gets no answer within `command_timeout`), one INFO
+when it is back (the next command that succeeds). Whatever else fails meanwhile for the same
+reason (feeds, leases, producers) is logged at DEBUG, with no traceback.
 """
 
 from __future__ import annotations
@@ -31,7 +46,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from ._fanout import Reader
+from ._fanout import Reader, Run, fan_out
 from .base import (
     Broker,
     BrokerSubscription,
@@ -55,6 +70,7 @@ _FIELD = b"d"  # the event's JSON, the only field of an entry
 # How long one XREAD waits: how soon a feed notices it is unneeded, and how long closing the
 # broker may wait for the last one.
 _BLOCK_MS = 500
+_COMMAND_TIMEOUT = 3.0  # seconds: the default of the URL's `command_timeout`
 
 # A lease is a key holding its holder's token, with an expiry. Renewing and releasing must
 # only touch it while it is still ours: check and act in one step, in Redis.
@@ -105,6 +121,11 @@ def _is_redis_id(position: str) -> bool:
     return match is not None and max(int(match[1]), int(match[2])) <= _ID_MAX
 
 
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 def _entries(topic: str, items: Sequence[tuple[bytes, dict[bytes, bytes]]]) -> list[Entry]:
     """Redis stream items (`XREAD`, `XRANGE`) as entries, each encoded once."""
     return [
@@ -134,16 +155,16 @@ class _Feed:
                 reply = await broker.call(
                     lambda _: broker.feed_client.xread(
                         {key: self.after}, block=_BLOCK_MS, count=1000
-                    )
+                    ),
+                    blocking=_BLOCK_MS / 1000,
                 )
                 for _, items in reply or ():
                     entries = _entries(self.topic, items)
                     self.after = entries[-1].position
-                    for reader in list(self.readers):
-                        reader.push(entries)
+                    await fan_out(self.readers, Run(entries))
         except Exception as exc:
-            if isinstance(exc, BrokerUnavailable):  # expected now and then: no traceback
-                logger.warning("reading topic %r stopped: %s", self.topic, exc)
+            if isinstance(exc, BrokerUnavailable):  # the broker said so, once: no traceback
+                logger.debug("reading topic %r stopped: %s", self.topic, exc)
             else:
                 logger.exception("reading topic %r from Redis failed", self.topic)
             if not self.started.done():
@@ -168,21 +189,26 @@ class _RedisLease(Lease):
     async def kept(self) -> None:
         broker, loop = self.broker, asyncio.get_running_loop()
         ttl = broker.lease_ttl
+        # Give up a little before the lease lapses, leaving time to stop the producer before
+        # another process may take over.
+        margin = ttl / 10
         while True:
             await asyncio.sleep(ttl / 3)
             sent = loop.time()
             try:
-                # Never wait for an answer past the expiry: by then it may be another's.
-                async with asyncio.timeout(max(self.expires - sent, 0)):
+                # Never wait for an answer past that: by then it may be another's.
+                async with asyncio.timeout(max(self.expires - margin - sent, 0)):
                     renewed = await broker.call(
                         lambda _: broker.renew_script(
                             keys=[broker.lease_key(self.name)], args=[self.token, int(ttl * 1000)]
                         )
                     )
             except (BrokerUnavailable, TimeoutError) as exc:
-                if loop.time() + ttl / 3 < self.expires:
+                if loop.time() + ttl / 3 < self.expires - margin:
                     continue  # there is time for one more try
-                logger.warning(
+                # While Redis is away, the broker has said so: this is only a consequence.
+                logger.log(
+                    logging.WARNING if broker.available else logging.DEBUG,
                     "shared stream %r stops here: its lease could not be renewed (%s)",
                     self.name,
                     str(exc) or type(exc).__name__,
@@ -221,6 +247,9 @@ class RedisBroker(Broker):
         self.prefix = query.pop("prefix", "hub:")
         self.lease_ttl = _seconds(query.pop("lease_ttl", "10"), "lease_ttl")
         self.lease_retry = min(1.0, self.lease_ttl / 3)
+        self.command_timeout = _seconds(
+            query.pop("command_timeout", str(_COMMAND_TIMEOUT)), "command_timeout"
+        )
         # Shown in /health and in errors sent to clients: never with its password.
         self.url = _without_password(url)
         from redis.asyncio.retry import Retry
@@ -229,21 +258,28 @@ class RedisBroker(Broker):
         address = urlunsplit(parts._replace(query=urlencode(query)))
         options: dict[str, Any] = {
             # After Redis restarts, pooled connections are stale: retry on a fresh one,
-            # briefly backing off, rather than fail the first command that meets one.
-            "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
-            "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
-            # A Redis that stops answering (a host gone, a network cut) is an error within
-            # seconds, not a wait of minutes; a read must outlast XREAD's block. The URL's
-            # own `socket_timeout` / `socket_connect_timeout` win.
-            "socket_connect_timeout": 5,
-            "socket_timeout": _BLOCK_MS / 1000 + 9,
+            # briefly backing off, rather than fail the first command that meets one. Not
+            # after a timeout: the command may have run (an XADD would then run twice), and
+            # its caller has stopped waiting anyway (see `call`).
+            "retry": Retry(
+                ExponentialBackoff(cap=1.0, base=0.05),
+                retries=3,
+                supported_errors=(redis.ConnectionError,),
+            ),
+            "retry_on_error": [redis.ConnectionError],
+            # Callers wait `command_timeout` at most (see `call`); these bound how long a
+            # command they gave up on keeps its connection. A read must outlast XREAD's
+            # block. The URL's own `socket_timeout` / `socket_connect_timeout` win.
+            "socket_connect_timeout": min(5.0, self.command_timeout + 1),
+            "socket_timeout": self.command_timeout + _BLOCK_MS / 1000 + 1,
         }
         # Commands share a bounded pool and wait their turn for a connection: a burst of a
         # thousand subscribers is a queue of quick commands, not a thousand connections (or
-        # redis-py's "Too many connections"). The URL's `max_connections` wins.
+        # redis-py's "Too many connections"). A command waits for a connection no longer
+        # than its caller waits for it. The URL's `max_connections` wins.
         self.client: Any = redis.Redis.from_pool(  # owns the pool: closing closes it
             redis.BlockingConnectionPool.from_url(
-                address, max_connections=50, timeout=10, **options
+                address, max_connections=50, timeout=self.command_timeout, **options
             )
         )
         # Feeds block in XREAD, holding a connection each: a pool of their own, so that they
@@ -264,22 +300,93 @@ class RedisBroker(Broker):
         self._configs: dict[str, TopicConfig] = {}
         self._feeds: dict[str, _Feed] = {}
         self._commands: set[asyncio.Future[Any]] = set()
+        # Whether Redis answers, as the last command found: None until one has. Flipped by
+        # the outcome of commands, and logged only when it flips: one line per outage, not
+        # one per subscriber or command. `_era` counts the comebacks, so that a command sent
+        # before Redis came back, and failing late, cannot say it went away again.
+        self._up: bool | None = None
+        self._era = 0
+        self._away_since: float | None = None  # when its going away was logged
 
-    async def call(self, command: Callable[[Any], Awaitable[T]]) -> T:
-        """`command(client)`, in a task of its own that is never cancelled.
+    @property
+    def available(self) -> bool:
+        """False while Redis is known to be away (since a command failed to reach it)."""
+        return self._up is not False
+
+    async def call(self, command: Callable[[Any], Awaitable[T]], *, blocking: float = 0.0) -> T:
+        """`command(client)`, in a task of its own that is never cancelled, waited for
+        `command_timeout` seconds at most (plus `blocking`, for a blocking command).
 
         redis-py (8.1) can swallow a cancellation that arrives during a command, and return
         as if nothing happened, or leave the connection broken by it. So a caller that is
-        cancelled stops waiting at once, and the command finishes by itself, its answer
-        dropped. Raises `BrokerUnavailable` when Redis cannot be reached.
+        cancelled, or that has waited long enough, stops waiting at once, and the command
+        finishes by itself (its socket timeout bounds that), its answer dropped. Raises
+        `BrokerUnavailable` when Redis cannot be reached or does not answer in time.
         """
+        loop, era = asyncio.get_running_loop(), self._era
         task = asyncio.ensure_future(command(self.client))
+        # The caller waits on a future of its own, which the command's end or the deadline
+        # resolves: neither a cancellation nor the deadline reaches the command's task.
+        waiter = loop.create_future()
+
+        def settled(done: asyncio.Future[T]) -> None:
+            self._commands.discard(done)
+            self._settled(done, era)
+            if not waiter.done():
+                waiter.set_result(None)
+
         self._commands.add(task)
-        task.add_done_callback(self._commands.discard)
+        task.add_done_callback(settled)
+        deadline = loop.call_later(self.command_timeout + blocking, _resolve, waiter)
         try:
-            return await asyncio.shield(task)
+            await waiter
+        finally:
+            deadline.cancel()
+        if not task.done():
+            self._went_away(era, f"no answer within {self.command_timeout:g} s")
+            raise BrokerUnavailable(
+                f"the Redis broker at {self.url} is unavailable: "
+                f"no answer within {self.command_timeout:g} s"
+            )
+        try:
+            return task.result()
         except self.errors as exc:
             raise self.unavailable(exc) from exc
+
+    def _settled(self, task: asyncio.Future[Any], era: int) -> None:
+        """A command's outcome, waited for or not, tells whether Redis answers."""
+        if task.cancelled():
+            return
+        error = task.exception()  # retrieved here: never "exception was never retrieved"
+        if error is None:
+            self._came_back()
+        elif isinstance(error, self.errors):
+            self._went_away(era, str(error) or type(error).__name__)
+
+    def _went_away(self, era: int, why: str) -> None:
+        if self._up is False or era != self._era:
+            return  # said already, or a command from before Redis came back
+        up, self._up = self._up, False
+        if up:  # not at start: there the caller reports it
+            self._away_since = time.monotonic()
+            logger.warning(
+                "the Redis broker at %s is unavailable (%s): publishing answers 503 and topic "
+                "subscribers get hub.error until it is back",
+                self.url,
+                why,
+            )
+
+    def _came_back(self) -> None:
+        if self._up is False:
+            self._era += 1
+            if self._away_since is not None:
+                logger.info(
+                    "the Redis broker at %s is back, after %.1f s",
+                    self.url,
+                    time.monotonic() - self._away_since,
+                )
+                self._away_since = None
+        self._up = True
 
     async def transaction(
         self, build: Callable[[Any], None], *, raise_on_error: bool = True
@@ -333,8 +440,16 @@ class RedisBroker(Broker):
             # Left running by callers that were cancelled (a feed's XREAD, within its block):
             # let them finish, or redis-py would retry them on fresh connections.
             await asyncio.wait(self._commands, timeout=_BLOCK_MS / 1000 + 1)
-        await self.client.aclose()
-        await self.feed_client.aclose()
+        # What is still running has no answer coming (Redis frozen, or gone with no word):
+        # its connections are closed next, and nobody waits for it.
+        for task in list(self._commands):
+            task.cancel()
+        for client in (self.client, self.feed_client):
+            try:
+                async with asyncio.timeout(1):
+                    await client.aclose()
+            except Exception as exc:  # a connection that will not close cleanly: let it go
+                logger.debug("closing the Redis connections: %r", exc)
 
     async def last_position(self, topic: str) -> str:
         newest = await self.call(lambda client: client.xrevrange(self.key(topic), count=1))
