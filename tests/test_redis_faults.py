@@ -372,4 +372,4 @@ def test_serve_gives_up_on_a_frozen_redis_within_seconds(own_redis: OwnRedis) ->
     assert refused.returncode == 2, refused.stderr
     assert "hub: error: the Redis broker at" in refused.stderr
     assert "Traceback" not in refused.stderr
-    assert waited < 8, waited  # the interpreter's start, and one bounded try
+    assert waited < 6, waited  # the interpreter's start, and one bounded try

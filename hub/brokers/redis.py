@@ -300,6 +300,7 @@ class RedisBroker(Broker):
         self._configs: dict[str, TopicConfig] = {}
         self._feeds: dict[str, _Feed] = {}
         self._commands: set[asyncio.Future[Any]] = set()
+        self._given_up: set[asyncio.Future[Any]] = set()  # commands past their deadline
         # Whether Redis answers, as the last command found: None until one has. Flipped by
         # the outcome of commands, and logged only when it flips: one line per outage, not
         # one per subscriber or command. `_era` counts the comebacks, so that a command sent
@@ -331,6 +332,8 @@ class RedisBroker(Broker):
 
         def settled(done: asyncio.Future[T]) -> None:
             self._commands.discard(done)
+            if self._given_up:
+                self._given_up.discard(done)
             self._settled(done, era)
             if not waiter.done():
                 waiter.set_result(None)
@@ -343,6 +346,7 @@ class RedisBroker(Broker):
         finally:
             deadline.cancel()
         if not task.done():
+            self._given_up.add(task)
             self._went_away(era, f"no answer within {self.command_timeout:g} s")
             raise BrokerUnavailable(
                 f"the Redis broker at {self.url} is unavailable: "
@@ -436,10 +440,11 @@ class RedisBroker(Broker):
         for feed in feeds:
             feed.task.cancel()
         await asyncio.gather(*(feed.task for feed in feeds), return_exceptions=True)
-        if self._commands:
+        if running := self._commands - self._given_up:
             # Left running by callers that were cancelled (a feed's XREAD, within its block):
-            # let them finish, or redis-py would retry them on fresh connections.
-            await asyncio.wait(self._commands, timeout=_BLOCK_MS / 1000 + 1)
+            # let them finish, or redis-py would retry them on fresh connections. Not those
+            # already given up on: Redis did not answer them in time, and will not now.
+            await asyncio.wait(running, timeout=_BLOCK_MS / 1000 + 1)
         # What is still running has no answer coming (Redis frozen, or gone with no word):
         # its connections are closed next, and nobody waits for it.
         for task in list(self._commands):
