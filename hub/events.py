@@ -92,6 +92,8 @@ def encode_frame(body: bytes, id: str | None) -> bytes:
     """A whole frame: the subscriber's `id:` line (if any) followed by a shared body."""
     if id is None:
         return body
+    if "\0" in id:  # readers ignore such an id and keep the one before: refuse it here
+        raise ValueError(f"SSE id field must not contain NUL: {id!r}")
     return _field(b"id", id) + body
 
 

@@ -4,9 +4,10 @@ Each selected stream becomes one source, an async generator of batches of `Tagge
 stream's index in the selection, its new position, the encoded `event:` + `data:` body, and,
 for a topic, the whole frame as a one-stream subscriber sees it (shared by all of them). A
 position of None marks a control event, which moves no position; an `_End` marks the last
-frame of a subscriber the hub drops, after which `frames()` raises `Drop`. aiostream's `merge` runs the sources concurrently; `frames()` consumes it inside
-`async with ....stream()`, so leaving the loop for any reason (end, error, client gone,
-cancellation) closes every source and with it every plugin generator and broker subscription.
+frame of a subscriber the hub drops, after which `frames()` raises `Drop`. aiostream's `merge`
+runs the sources concurrently; `frames()` consumes it inside `async with ....stream()`, so
+leaving the loop for any reason (end, error, client gone, cancellation) closes every source and
+with it every plugin generator and broker subscription.
 
 Batches are what make the hub fast: a source hands over every event it has ready (up to
 `BATCH`), the merge costs once per batch, and `frames()` turns a batch into one chunk, which
@@ -61,6 +62,7 @@ class _End:
 
     def __repr__(self) -> str:
         return f"END({self.reason!r})"
+
 
 Tagged = tuple[int, str | _End | None, bytes, bytes | None]
 Batch = list[Tagged]
@@ -264,6 +266,11 @@ async def _source(
                             await subscription.ready()
                             continue
                         yield [(index, taken[1], b"", taken[0])]
+                        if len(taken[0]) >= FRAMES_AT_ONCE // 2:
+                            # A backlog: while the socket takes all, the send never waits,
+                            # and a hundred subscribers would each write megabytes before
+                            # the loop served anyone else. Take turns.
+                            await asyncio.sleep(0)
                 while True:
                     # A bare future to wait on, not a coroutine: one frame fewer per idle
                     # subscriber.

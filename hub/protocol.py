@@ -187,15 +187,13 @@ class HubProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self.scope["extensions"] = {"hub.connection": self}
+        self.scope["extensions"] = {"hub.connection": self}  # type: ignore[dict-item]
         if not self._reading_head:  # the next request on a kept-alive connection
             self._reading_head = True
             self._head_bytes = 0
             self._header_bytes = 0
             if self._head_timer is None:
-                self._head_timer = self.loop.call_later(
-                    self.header_timeout, self._head_timed_out
-                )
+                self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
@@ -233,9 +231,7 @@ class HubProtocol(HttpToolsProtocol):
         if not self._head_bytes:
             # Opened and silent (a browser's spare connection, or a slowloris): just close.
             self._refused = True
-            _throttled(
-                "silent", f"closed a connection silent for {self.header_timeout:g} s", self
-            )
+            _throttled("silent", f"closed a connection silent for {self.header_timeout:g} s", self)
             self.close_soon()
             return
         self._refuse(
@@ -286,9 +282,15 @@ class HubProtocol(HttpToolsProtocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
-        if self.cycle is not None and not self.cycle.response_complete:
-            self.close_soon()  # a response is under way: no room for another
-            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            if cycle.response_started:
+                self.close_soon()  # a response is under way: no room for another
+                return
+            # The app is reading a body that turned out malformed: from its side the
+            # client is gone (its sends are dropped), and this answer is the response.
+            cycle.disconnected = True
+            cycle.message_event.set()
         error: dict[str, Any] = {"code": code, "message": message}
         if retry_after is not None:
             error["retry_after"] = retry_after
@@ -321,6 +323,6 @@ def _throttled(what: str, message: str, protocol: HubProtocol) -> None:
         _LOGGED[what] = (last, since + 1)
         return
     _LOGGED[what] = (now, 0)
-    client = "%s:%d" % protocol.client if protocol.client else "?"
+    client = f"{protocol.client[0]}:{protocol.client[1]}" if protocol.client else "?"
     more = f" (and {since} more like it in the last 10 s)" if since else ""
     logger.warning("%s, from %s%s", message, client, more)

@@ -156,6 +156,7 @@ class Topic(Definition):
             for field_name, field in event_model.model_fields.items()
             if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("readOnly")
         )
+        self.fields = frozenset(event_model.model_fields)  # what a published event may set
 
 
 def topic(
@@ -348,7 +349,9 @@ def _parameters_model(
     try:
         model = create_model(
             model_name,
-            __config__=ConfigDict(extra="forbid", validate_default=True),
+            # Infinity and NaN are no value a client means (`?interval=inf` would sleep for
+            # ever): refused, with the parameter named.
+            __config__=ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False),
             **fields,
         )
         model.model_json_schema()

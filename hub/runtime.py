@@ -6,13 +6,14 @@ import asyncio
 import logging
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from contextlib import aclosing
 from types import TracebackType
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, cast
 
 from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError
 
 from .brokers import Broker, BrokerUnavailable, Entry, Lease, broker_from_url
 from .events import Event, control_body, encode_retry
@@ -33,6 +34,9 @@ SLICE = 500
 MAX_DEPTH = 32
 # Problems listed in a refusal, at most: a batch of 50,000 bad events gets a short answer.
 MAX_ERRORS = 100
+# The loop's lateness is sampled this often, and the last samples kept (10 s of them).
+LAG_EVERY = 0.05
+LAG_SAMPLES = 200
 
 
 class Response(Protocol):
@@ -67,6 +71,8 @@ class Hub:
         self.topics = {d.name: d for d in registry if isinstance(d, Topic)}
         self._responses: set[Response] = set()
         self._keep_alive: asyncio.Task[None] | None = None
+        self._lag_watch: asyncio.Task[None] | None = None
+        self._lags: deque[float] = deque(maxlen=LAG_SAMPLES)
         # Shutdown: set once it begins, with the loop time by which every connection is
         # gone (`begin_shutdown`); called back then, e.g. by `hub serve`'s exit watchdog.
         self.stopping = False
@@ -82,6 +88,7 @@ class Hub:
         checks = [t / 2 for t in (self.settings.ping_interval, self.settings.send_timeout) if t]
         if checks:
             self._keep_alive = asyncio.create_task(self._look_after_responses(min(checks)))
+        self._lag_watch = asyncio.create_task(self._watch_lag())
         for definition in self.topics.values():
             if definition.producer is not None and definition.eager:
                 self.producers.acquire(definition)
@@ -131,10 +138,23 @@ class Hub:
             for response in list(self._responses):
                 response.look_after(now, ping_interval, send_timeout)
 
+    async def _watch_lag(self) -> None:
+        # How late the loop wakes a sleeper: the longest anything kept it from serving others.
+        loop = asyncio.get_running_loop()
+        while True:
+            asked = loop.time()
+            await asyncio.sleep(LAG_EVERY)
+            self._lags.append(max(loop.time() - asked - LAG_EVERY, 0.0))
+
+    def loop_lag(self) -> float:
+        """The longest the event loop was late, in seconds, over the last 10 s or so."""
+        return max(self._lags, default=0.0)
+
     async def stop(self) -> None:
         self.begin_shutdown()
-        if self._keep_alive is not None:
-            self._keep_alive.cancel()
+        for task in (self._keep_alive, self._lag_watch):
+            if task is not None:
+                task.cancel()
         self.close_responses()
         await self.producers.stop()
         await self.broker.close()
@@ -172,12 +192,7 @@ class Hub:
         encoded a slice at a time, letting the loop serve others in between.
         """
         definition = self.publishable(name)
-        validated = await self.validate(definition, events)
-        data: list[str] = []
-        for start in range(0, len(validated), SLICE):
-            if start:
-                await asyncio.sleep(0)
-            data += [event.model_dump_json() for event in validated[start : start + SLICE]]
+        data = await self.encode(definition, events)
         return await self.broker.publish(name, data)
 
     def publishable(self, name: str) -> Topic:
@@ -201,58 +216,45 @@ class Hub:
         return definition
 
     @staticmethod
-    async def validate(
-        definition: Topic, events: Iterable[Event | Mapping[str, Any]]
-    ) -> list[Event]:
-        """The events as the topic's model, or a 422 naming every problem; a slice at a time."""
+    async def encode(definition: Topic, events: Iterable[Event | Mapping[str, Any]]) -> list[str]:
+        """The events' JSON as the topic's model, or a 422 naming every problem.
+
+        A slice at a time, letting the loop serve others in between; each model is dropped
+        once written, so that a batch of 50,000 never lives as 50,000 models at once.
+        """
         model = definition.event_model
-        validated: list[Event] = []
+        encoded: list[str] = []
         errors: list[dict[str, Any]] = []
         for index, event in enumerate(events):
             if index and not index % SLICE:
                 await asyncio.sleep(0)
-            if isinstance(event, model):
-                validated.append(event)
-                continue
-            if not isinstance(event, Mapping):
-                errors.append(
-                    {
-                        "index": index,
-                        "field": "",
-                        "message": f"expected a JSON object ({model.__name__})",
-                    }
-                )
-                continue
-            if _deeper_than(event, MAX_DEPTH):
-                errors.append(
-                    {
-                        "index": index,
-                        "field": "",
-                        "message": f"nested deeper than {MAX_DEPTH} levels",
-                    }
-                )
-                continue
-            for field in sorted(definition.read_only & set(event)):
-                errors.append(
-                    {"index": index, "field": field, "message": "set by the hub; leave it out"}
-                )
-            for field in sorted(set(event) - set(model.model_fields)):
-                errors.append(
-                    {"index": index, "field": field, "message": "not a field of the event"}
-                )
+            if not isinstance(event, model):
+                problems = _problems(definition, event)
+                if problems:
+                    errors += [{"index": index, **problem} for problem in problems]
+                    if len(errors) >= MAX_ERRORS:
+                        break
+                    continue
+                try:
+                    event = model.model_validate(dict(event))
+                except ValidationError as exc:
+                    errors += [
+                        {
+                            "index": index,
+                            "field": ".".join(str(part) for part in error["loc"]),
+                            "message": error["msg"],
+                        }
+                        for error in exc.errors(include_url=False)
+                    ]
+                    if len(errors) >= MAX_ERRORS:
+                        break
+                    continue
+            if errors:
+                continue  # nothing is published: no need to write the rest
             try:
-                validated.append(model.model_validate(dict(event)))
-            except ValidationError as exc:
-                errors += [
-                    {
-                        "index": index,
-                        "field": ".".join(str(part) for part in error["loc"]),
-                        "message": error["msg"],
-                    }
-                    for error in exc.errors(include_url=False)
-                ]
-            if len(errors) >= MAX_ERRORS:
-                break
+                encoded.append(event.model_dump_json())
+            except PydanticSerializationError as exc:  # e.g. a lone surrogate in a string
+                errors.append({"index": index, "field": "", "message": str(exc)})
         if errors:
             errors = errors[:MAX_ERRORS]
             summary = "; ".join(
@@ -265,22 +267,45 @@ class Hub:
                 f"invalid events for {definition.name!r} ({model.__name__}): {summary}{more}",
                 errors=errors,
             )
-        if not validated:
+        if not encoded:
             raise RequestError(422, "invalid_events", "no events given: send one or more")
-        return validated
+        return encoded
 
 
-def _deeper_than(value: Any, limit: int) -> bool:
-    """Whether JSON-like `value` nests containers more than `limit` deep (without recursion)."""
-    stack = [(value, 1)]
+def _problems(definition: Topic, event: object) -> list[dict[str, str]]:
+    """What makes `event` (not yet a model) unfit before its fields are even validated."""
+    model = definition.event_model
+    if not isinstance(event, dict):
+        if not isinstance(event, Mapping):
+            return [{"field": "", "message": f"expected a JSON object ({model.__name__})"}]
+        event = dict(event)
+    if _deeper_than(event, MAX_DEPTH):
+        return [{"field": "", "message": f"nested deeper than {MAX_DEPTH} levels"}]
+    problems = [
+        {"field": field, "message": "set by the hub; leave it out"}
+        for field in sorted(definition.read_only.intersection(event))
+    ]
+    problems += [
+        {"field": field, "message": "not a field of the event"}
+        for field in sorted(set(event).difference(definition.fields))
+    ]
+    return problems
+
+
+def _deeper_than(value: dict[str, Any] | list[Any], limit: int) -> bool:
+    """Whether JSON-like `value` nests containers more than `limit` deep (without recursion).
+
+    Dicts and lists only, checked by exact type: what JSON parses into, and fast (this runs
+    for every published event)."""
+    stack: list[tuple[dict[str, Any] | list[Any], int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        children = item.values() if isinstance(item, Mapping) else item
-        for child in children:
-            if isinstance(child, (Mapping, list)):
-                if depth + 1 > limit:
+        for child in item.values() if type(item) is dict else item:
+            kind = type(child)
+            if kind is dict or kind is list:
+                if depth >= limit:
                     return True
-                stack.append((child, depth + 1))
+                stack.append((cast(dict[str, Any] | list[Any], child), depth + 1))
     return False
 
 

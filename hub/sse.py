@@ -332,7 +332,8 @@ def _client(scope: Scope) -> str:
 
 
 def _query(scope: Scope) -> str:
-    return scope.get("query_string", b"")[:200].decode(errors="replace")
+    query: bytes = scope.get("query_string", b"")
+    return query[:200].decode(errors="replace")
 
 
 def _quietly(task: asyncio.Task[None]) -> None:

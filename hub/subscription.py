@@ -20,8 +20,9 @@ __all__ = ["RequestError", "Selected", "Subscription", "parse_subscription", "sp
 HUB_QUERY_PARAMETERS = frozenset({"streams", "last_event_id"})
 # The longest cursor read: 16 streams of long names and positions fit several times over.
 MAX_CURSOR_LENGTH = 8192
-# A generated stream's position is a count; more digits than this is no count of ours.
-_MAX_COUNT_DIGITS = 18
+# A generated stream's position is a count, below this (what a 64-bit integer holds): no
+# stream counts that far, and a larger one is no position the hub gave.
+_COUNT_LIMIT = 2**63
 
 
 class RequestError(Exception):
@@ -300,12 +301,11 @@ def _position_problem(
         except ValueError as exc:
             return str(exc)
         return None
-    if position.isascii() and position.isdigit() and len(position) <= _MAX_COUNT_DIGITS:
-        return None
-    return (
-        f"expected a non-negative integer of at most {_MAX_COUNT_DIGITS} digits, "
-        "or '-' for nothing received yet"
-    )
+    # The length is checked first: int() of thousands of digits is slow, or refused.
+    if position.isascii() and position.isdigit() and len(position) <= 19:
+        if int(position) < _COUNT_LIMIT:
+            return None
+    return "expected a non-negative integer below 2**63, or '-' for nothing received yet"
 
 
 def _shortened(text: str, keep: int = 100) -> str:

@@ -51,7 +51,9 @@ class Run:
         """The one-topic frames of every entry, joined once."""
         if self._frames is None:
             entries = self.entries
-            self._frames = entries[0].solo if len(entries) == 1 else b"".join(e.solo for e in entries)
+            self._frames = (
+                entries[0].solo if len(entries) == 1 else b"".join(e.solo for e in entries)
+            )
         return self._frames
 
     def offset(self, index: int) -> int:
@@ -180,8 +182,8 @@ class Reader(BrokerSubscription):
 
     def take_nowait(self, most: int) -> list[Entry]:
         if self._replay:
-            batch, self._replay = self._replay[:most], self._replay[most:]
-            return batch
+            replayed, self._replay = self._replay[:most], self._replay[most:]
+            return replayed
         if not self._live:
             if self._error is not None:
                 raise self._error
@@ -222,8 +224,11 @@ class Reader(BrokerSubscription):
             begin, stop = run.offset(start), run.offset(end)
             if parts and stop - begin > most - size:
                 break  # even its first entry would overshoot: it goes in the next take
-            parts.append(run.frames if stop - begin == len(run.frames) else
-                         memoryview(run.frames)[begin:stop])
+            parts.append(
+                run.frames
+                if stop - begin == len(run.frames)
+                else memoryview(run.frames)[begin:stop]
+            )
             size += stop - begin
             position = run.entries[end - 1].position
             self._advance(end)

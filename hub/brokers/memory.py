@@ -37,6 +37,22 @@ class _Topic:
         # One publish at a time, in order: a large one yields to the loop as it goes.
         self.publishing = asyncio.Lock()
 
+    def append(self, entries: list[Entry]) -> None:
+        # Only what the history keeps is added: a batch far larger than the history costs
+        # a copy of its tail, not a push and a pop per event.
+        kept = entries[-self.config.history :]
+        drop = len(self.entries) + len(kept) - self.config.history
+        if drop >= len(self.entries):
+            self.entries.clear()
+            self.stamps.clear()
+        else:
+            for _ in range(max(drop, 0)):
+                self.entries.popleft()
+                self.stamps.popleft()
+        self.entries.extend(kept)
+        self.stamps.extend([time.monotonic()] * len(kept))
+        self.trim()
+
     def trim(self) -> None:
         while len(self.entries) > self.config.history:
             self.entries.popleft()
@@ -100,10 +116,7 @@ class MemoryBroker(Broker):
             # The history grows and fan-out takes its readers in one step: a subscriber
             # arriving meanwhile either replays these or is pushed them, never both.
             state.seq += len(entries)
-            now = time.monotonic()
-            state.entries.extend(entries)
-            state.stamps.extend(now for _ in entries)
-            state.trim()
+            state.append(entries)
             await fan_out(state.readers, Run(entries))
         return entries
 
@@ -113,7 +126,11 @@ class MemoryBroker(Broker):
         self.check_position(after)
         match = _POSITION.fullmatch(after)
         gap = None
-        if match is None or match.group(1) != self.epoch or int(match.group(2)) < state.first_seq - 1:
+        if (
+            match is None
+            or match.group(1) != self.epoch
+            or int(match.group(2)) < state.first_seq - 1
+        ):
             # Another broker's position, a lost history (another epoch), or one trimmed past
             # the position: say so, then replay all that is retained.
             gap = Gap(after, self._position(state.first_seq))
