@@ -210,12 +210,22 @@ async def _reach(url: str, wait: float = 0.0) -> None:
     to `wait` seconds, backing off, saying so once."""
     loop = asyncio.get_running_loop()
     deadline, delay = loop.time() + wait, 0.1
+    last: BrokerUnavailable | None = None
     while True:
         broker = broker_from_url(url)
         try:
-            await broker.start()
+            if last is None:
+                await broker.start()  # the first try takes what the broker's own timeout gives
+            else:
+                # Later ones no longer than the wait that is left.
+                async with asyncio.timeout(max(deadline - loop.time(), 0.1)):
+                    await broker.start()
             return
-        except BrokerUnavailable as exc:
+        except (BrokerUnavailable, TimeoutError) as exc:
+            if isinstance(exc, TimeoutError):
+                assert last is not None
+                raise last from None
+            last = exc
             if loop.time() + delay > deadline:
                 raise
             if delay == 0.1:

@@ -267,11 +267,8 @@ class HubServer:
         self._ready.set()  # ended before (or after) it was ready: wake any waiter
 
     def stop(self, timeout: float = 10.0) -> int:
-        """SIGTERM, then SIGKILL after `timeout` s; returns the exit code.
-
-        uvicorn re-raises a SIGTERM once it has shut down gracefully, so a clean stop
-        returns -SIGTERM; `stopped_gracefully` tells the two apart.
-        """
+        """SIGTERM, then SIGKILL after `timeout` s; returns the exit code (0 for a clean stop,
+        which `hub serve` makes within its `--shutdown-grace`)."""
         assert self.process is not None
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)

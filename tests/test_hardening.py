@@ -22,6 +22,7 @@ import pytest
 from httpx_sse import connect_sse
 from support import TIMEOUT, get
 
+from hub import Registry, Settings, create_app
 from hub.testing import HubServer, parse_events
 
 CHAT = {"user": "ana", "text": "hi"}
@@ -546,3 +547,24 @@ def test_connections_past_the_open_file_limit_are_answered_not_dropped() -> None
                 sock.close()
             wait_until(lambda: client.get("/health").status_code == 200, 10, every=0.2)
     no_errors(server.output)
+
+
+@pytest.mark.anyio
+async def test_a_subscription_arriving_during_shutdown_is_told_to_go_elsewhere() -> None:
+    app = create_app(Settings(retry=2000), Registry.discover(builtin=True, entry_points=False))
+    hub = app.state.hub
+    async with hub:
+        hub.begin_shutdown()
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://hub") as client:
+            refused = await client.get("/events", params={"streams": "echo"})
+            assert refused.status_code == 503
+            assert refused.json()["error"]["code"] == "shutting_down"
+            assert refused.headers["retry-after"] == "2"
+            busy = await client.get(
+                "/events", params={"streams": "echo"}, headers={"Accept": "text/event-stream"}
+            )
+    assert busy.status_code == 200
+    assert busy.text.startswith("retry: 2000\n\n")
+    [event] = parse_events(busy.text)
+    assert event.event == "hub.busy" and event.json()["code"] == "shutting_down"
