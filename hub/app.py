@@ -103,7 +103,11 @@ def _refusal(exc: RequestError, headers: Headers | None = None) -> Response:
     if exc.load and headers is not None and "text/event-stream" in headers.get("accept", ""):
         delay = exc.retry_after if exc.retry_after is not None else 5.0
         body = encode_retry(int(delay * 1000)) + control_body(
-            "busy", code=exc.code, message=exc.message, retry_after=delay
+            "busy",
+            code=exc.code,
+            message=exc.message,
+            limit=exc.details.get("limit"),
+            retry_after=delay,
         )
         return Response(
             body,
@@ -316,9 +320,10 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
                 retry_after=settings.retry / 1000,
                 load=True,
             )
-        release = hub.limits.admit(_client(scope))
+        client = _client(scope)
+        hub.limits.admit(client)
         response = SSEResponse(tracker=hub)
-        response.on_close = release
+        response.client = client  # the hub releases it when the response is over
         response.chunks = hub.frames(subscription, preamble=preamble, direct=response.send_now)
         return response
 

@@ -14,8 +14,7 @@ import random
 import resource
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .settings import Settings
 from .subscription import RequestError
@@ -25,8 +24,7 @@ __all__ = ["FileLimit", "Limits", "raise_open_file_limit"]
 logger = logging.getLogger("hub")
 
 
-@dataclass(frozen=True)
-class FileLimit:
+class FileLimit(NamedTuple):
     """The process's open-file limit, and what the hub makes of it."""
 
     soft: int
@@ -98,8 +96,8 @@ class Limits:
             f"connections in all; per client: {per_client}, {rate}"
         )
 
-    def admit(self, client: str) -> Callable[[], None]:
-        """Count a new stream from `client`, or refuse it; returns the call that releases it."""
+    def admit(self, client: str) -> None:
+        """Count a new stream from `client`, or refuse it; `release` it when it ends."""
         if self.streams >= self.max_streams:
             raise RequestError(
                 503,
@@ -121,19 +119,12 @@ class Limits:
             )
         self.streams += 1
         self._by_client[client] += 1
-        released = False
 
-        def release() -> None:
-            nonlocal released
-            if released:
-                return
-            released = True
-            self.streams -= 1
-            self._by_client[client] -= 1
-            if self._by_client[client] <= 0:
-                del self._by_client[client]
-
-        return release
+    def release(self, client: str) -> None:
+        self.streams -= 1
+        self._by_client[client] -= 1
+        if self._by_client[client] <= 0:
+            del self._by_client[client]
 
     def clients(self) -> int:
         return len(self._by_client)

@@ -71,6 +71,34 @@ class _Refusal(Exception):
         self.message = message
 
 
+class _Guard:
+    """The protocol's own state, in one object: uvicorn's protocol has 28 attributes, and
+    Python shares the keys of instance dicts up to 30, so ten more would cost every
+    connection a dict of its own (1.3 KB)."""
+
+    __slots__ = (
+        "hub",
+        "reading_head",
+        "head_bytes",
+        "header_bytes",
+        "head_timer",
+        "abort_timer",
+        "flags",
+    )
+
+    def __init__(self, hub: Hub | None) -> None:
+        self.hub = hub
+        self.reading_head = True
+        self.head_bytes = 0  # of the head being read, as they arrive
+        self.header_bytes = 0  # of its headers, as parsed
+        self.head_timer: asyncio.TimerHandle | None = None
+        self.abort_timer: asyncio.TimerHandle | None = None
+        self.flags = 0  # of _REFUSED, _LOST, _COUNTED
+
+
+_REFUSED, _LOST, _COUNTED = 1, 2, 4
+
+
 class HubProtocol(HttpToolsProtocol):
     def __init__(
         self,
@@ -81,25 +109,26 @@ class HubProtocol(HttpToolsProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         # The app's lifespan puts its hub in the state it shares with the server.
-        self.hub: Hub | None = app_state.get("hub")
-        self.header_timeout = self.hub.settings.header_timeout if self.hub else 10.0
-        self._reading_head = True
-        self._head_bytes = 0
-        self._header_bytes = 0
-        self._head_timer: asyncio.TimerHandle | None = None
-        self._abort_timer: asyncio.TimerHandle | None = None
-        self._refused = False
-        self._lost = False
-        self._counted = False
+        self._guard = _Guard(app_state.get("hub"))
+
+    @property
+    def hub(self) -> Hub | None:
+        return self._guard.hub
+
+    @property
+    def header_timeout(self) -> float:
+        hub = self._guard.hub
+        return hub.settings.header_timeout if hub is not None else 10.0
 
     # The connection's life.
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        limits = self.hub.limits if self.hub is not None else None
+        guard = self._guard
+        limits = guard.hub.limits if guard.hub is not None else None
         if limits is not None:
             limits.connections += 1
-            self._counted = True
+            guard.flags |= _COUNTED
             if limits.connections > limits.max_connections:
                 self._refuse(
                     503,
@@ -109,23 +138,23 @@ class HubProtocol(HttpToolsProtocol):
                     retry_after=5,
                 )
                 return
-        self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+        guard.head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._lost = True
-        if self._counted and self.hub is not None:
-            self.hub.limits.connections -= 1
-            self._counted = False
-        for timer in (self._head_timer, self._abort_timer):
+        guard = self._guard
+        if guard.flags & _COUNTED and guard.hub is not None:
+            guard.hub.limits.connections -= 1
+        guard.flags = (guard.flags | _LOST) & ~_COUNTED
+        for timer in (guard.head_timer, guard.abort_timer):
             if timer is not None:
                 timer.cancel()
-        self._head_timer = self._abort_timer = None
+        guard.head_timer = guard.abort_timer = None
         super().connection_lost(exc)
 
     def abort(self) -> None:
         """Drop the connection now: nothing left in the kernel for the peer, a RST, the
         descriptor closed."""
-        if self._lost:
+        if self._guard.flags & _LOST:
             return
         sock = self.transport.get_extra_info("socket")
         if sock is not None:
@@ -137,28 +166,30 @@ class HubProtocol(HttpToolsProtocol):
 
     def close_soon(self, within: float = CLOSE_WITHIN) -> None:
         """Close once what is buffered has gone out, or abort after `within` seconds."""
-        if self._lost:
+        if self._guard.flags & _LOST:
             return
         if not self.transport.is_closing():
             self.transport.close()
         self._abort_by(self.loop.time() + within)
 
     def _abort_by(self, when: float) -> None:
-        timer = self._abort_timer
+        guard = self._guard
+        timer = guard.abort_timer
         if timer is not None:
             if timer.when() <= when:
                 return
             timer.cancel()
-        self._abort_timer = self.loop.call_at(when, self.abort)
+        guard.abort_timer = self.loop.call_at(when, self.abort)
 
     # Reading requests.
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
+        guard = self._guard
+        if guard.flags & _REFUSED:
             return
         self._unset_keepalive_if_required()
-        if self._reading_head:
-            self._head_bytes += len(data)
+        if guard.reading_head:
+            guard.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -177,7 +208,7 @@ class HubProtocol(HttpToolsProtocol):
         except httptools.HttpParserError as exc:
             self._malformed(exc)
             return
-        if self._reading_head and self._head_bytes > _MAX_HEAD_BYTES:
+        if guard.reading_head and guard.head_bytes > _MAX_HEAD_BYTES:
             self._refuse(
                 431,
                 "headers_too_large",
@@ -188,12 +219,13 @@ class HubProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.scope["extensions"] = {"hub.connection": self}  # type: ignore[dict-item]
-        if not self._reading_head:  # the next request on a kept-alive connection
-            self._reading_head = True
-            self._head_bytes = 0
-            self._header_bytes = 0
-            if self._head_timer is None:
-                self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+        guard = self._guard
+        if not guard.reading_head:  # the next request on a kept-alive connection
+            guard.reading_head = True
+            guard.head_bytes = 0
+            if guard.head_timer is None:
+                guard.head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+        guard.header_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
@@ -206,31 +238,33 @@ class HubProtocol(HttpToolsProtocol):
             )
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > MAX_HEADER_BYTES:
+        super().on_header(name, value)
+        self._guard.header_bytes += len(name) + len(value) + 4
+        if self._guard.header_bytes > MAX_HEADER_BYTES:
             raise _Refusal(
                 431,
                 "headers_too_large",
                 f"the request headers are over {MAX_HEADER_BYTES} bytes",
             )
-        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        self._reading_head = False
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        guard = self._guard
+        guard.reading_head = False
+        if guard.head_timer is not None:
+            guard.head_timer.cancel()
+            guard.head_timer = None
         super().on_headers_complete()
 
     def _head_timed_out(self) -> None:
-        self._head_timer = None
-        if not self._reading_head or self._refused or self._lost:
+        guard = self._guard
+        guard.head_timer = None
+        if not guard.reading_head or guard.flags & (_REFUSED | _LOST):
             return
         if self.cycle is not None and not self.cycle.response_complete:
             return  # a response is under way: the next head may wait for it
-        if not self._head_bytes:
+        if not guard.head_bytes:
             # Opened and silent (a browser's spare connection, or a slowloris): just close.
-            self._refused = True
+            guard.flags |= _REFUSED
             _throttled("silent", f"closed a connection silent for {self.header_timeout:g} s", self)
             self.close_soon()
             return
@@ -244,7 +278,7 @@ class HubProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self._lost:
+        if self._guard.flags & _LOST:
             return
         if self.cycle is not None and self.cycle.more_body and not self.transport.is_closing():
             # Answered before its body was read (a refusal): what is left of the body may
@@ -257,7 +291,7 @@ class HubProtocol(HttpToolsProtocol):
         self.close_soon()
 
     def shutdown(self) -> None:
-        hub = self.hub
+        hub = self._guard.hub
         if hub is not None:
             hub.begin_shutdown()  # once, at the first connection: ends every stream
         if self.cycle is None or self.cycle.response_complete:
@@ -278,10 +312,11 @@ class HubProtocol(HttpToolsProtocol):
         self, status: int, code: str, message: str, retry_after: float | None = None
     ) -> None:
         """Answer with a JSON error and close; nothing more is read from this connection."""
-        self._refused = True
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        guard = self._guard
+        guard.flags |= _REFUSED
+        if guard.head_timer is not None:
+            guard.head_timer.cancel()
+            guard.head_timer = None
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             if cycle.response_started:

@@ -42,6 +42,8 @@ LAG_SAMPLES = 200
 class Response(Protocol):
     """What the hub needs of an open SSE response (`hub.sse.SSEResponse`)."""
 
+    client: str | None  # the address whose stream it is, counted by the limits
+
     def close(self, last: bytes = b"") -> None: ...
 
     def look_after(self, now: float, ping_interval: float, send_timeout: float) -> None: ...
@@ -99,6 +101,8 @@ class Hub:
 
     def untrack(self, response: Response) -> None:
         self._responses.discard(response)
+        if response.client is not None:
+            self.limits.release(response.client)
 
     def close_responses(self) -> None:
         """End every open response with `hub.shutdown`: the server is stopping, and streams

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable, Coroutine, Generator
+from collections.abc import AsyncGenerator, Coroutine, Generator
 from typing import Any, Protocol
 
 from starlette.background import BackgroundTask
@@ -54,7 +54,8 @@ class Tracker(Protocol):
 
     def track(self, response: SSEResponse) -> None: ...
 
-    def untrack(self, response: SSEResponse) -> None: ...
+    def untrack(self, response: SSEResponse) -> None:
+        """Forget it, and release what it held (the response is over)."""
 
 
 class SSEResponse(Response):
@@ -64,6 +65,9 @@ class SSEResponse(Response):
     """
 
     media_type = "text/event-stream"
+    # Set only when used, so that an idle subscriber's response carries no more than it needs.
+    client: str | None = None  # the address whose stream this is, for the hub's limits
+    _last = b""  # the frames to end with when the hub closes it
 
     def __init__(
         self,
@@ -89,8 +93,6 @@ class SSEResponse(Response):
         self._ping: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[Message] | None = None
         self._finishing: asyncio.Future[None] | None = None  # a send begun by send_now
-        self._last = b""  # the frames to end with when the hub closes it
-        self.on_close: Callable[[], None] | None = None  # called once the response is over
 
     def close(self, last: bytes = b"") -> None:
         """End this response now, with `last` as its last frames (the hub is shutting down)."""
@@ -107,8 +109,8 @@ class SSEResponse(Response):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             finally:
                 await self.chunks.aclose()
-                if self.on_close is not None:
-                    self.on_close()
+                if self._tracker is not None:
+                    self._tracker.untrack(self)
             return
         self._task = asyncio.current_task()
         self._send_to = send
@@ -176,8 +178,6 @@ class SSEResponse(Response):
                 watcher.cancel()
             if self._tracker is not None:
                 self._tracker.untrack(self)
-            if self.on_close is not None:
-                self.on_close()
         if self.background is not None:
             await self.background()
 

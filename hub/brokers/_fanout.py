@@ -78,14 +78,19 @@ class Run:
 async def fan_out(readers: Collection[Reader], run: Run) -> None:
     """Push `run` to every reader, letting the loop serve others every few milliseconds when
     there are many. The caller keeps publishes of one topic in order (one at a time)."""
-    started = time.monotonic()
-    for count, reader in enumerate(list(readers), start=1):
-        if not count % 64 and time.monotonic() - started > _FAN_OUT_TURN:
+    frames = run.frames
+    direct = frames if len(frames) <= FRAMES_AT_ONCE else None  # small enough to send at once
+    pending = list(readers)
+    started, yielded = time.monotonic(), False
+    for first in range(0, len(pending), 64):
+        group = pending[first : first + 64]
+        if first and time.monotonic() - started > _FAN_OUT_TURN:
             await asyncio.sleep(0)
-            started = time.monotonic()
-            if reader not in readers:  # it left meanwhile
-                continue
-        reader.push(run)
+            started, yielded = time.monotonic(), True
+        if yielded:  # some may have left meanwhile
+            group = [reader for reader in group if reader in readers]
+        for reader in group:
+            reader.push(run, direct)
 
 
 class Reader(BrokerSubscription):
@@ -133,7 +138,9 @@ class Reader(BrokerSubscription):
         self._taken, self._queued = 0, len(kept)
         self._floor = is_replayed
 
-    def push(self, run: Run) -> None:
+    def push(self, run: Run, frames: bytes | None = None) -> None:
+        """Queue `run`, or hand `frames` (its joined frames, when small) to the subscriber's
+        connection at once."""
         if self._floor is not None:
             floor = self._floor
             entries = [entry for entry in run.entries if not floor(entry)]
@@ -141,17 +148,12 @@ class Reader(BrokerSubscription):
                 return
             self._floor = None  # positions only grow: from here on, all is new
             if len(entries) < len(run):
-                run = Run(entries)
+                run, frames = Run(entries), None
         direct = self.direct
-        if (
-            direct is not None
-            and not self._live
-            and not self._replay
-            and len(run.frames) <= FRAMES_AT_ONCE
-        ):
+        if direct is not None and frames is not None and not self._live and not self._replay:
             # Nothing waits before these: hand them to the subscriber's connection now,
             # without waking its task (the shared one-topic frames, joined once).
-            if direct(run.frames):
+            if direct(frames):
                 return
         # Behind means more than the limit waiting, beyond the run being taken, when more
         # arrives. A reader that keeps up takes any run, however large: the queue stays
