@@ -324,7 +324,9 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         hub.limits.admit(client)
         response = SSEResponse(tracker=hub)
         response.client = client  # the hub releases it when the response is over
-        response.chunks = hub.frames(subscription, preamble=preamble, direct=response.send_now)
+        response.chunks = hub.frames(
+            subscription, preamble=preamble, direct=response.send_now, drop=response.drop
+        )
         return response
 
     @app.get(

@@ -88,6 +88,7 @@ async def frames(
     hub: Hub,
     preamble: bytes = b"",
     direct: Callable[[bytes], bool] | None = None,
+    drop: Callable[[str], None] | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """The SSE frames of a subscription, a chunk per batch: each event with the cursor after it
     as its id. The first chunk is `preamble` (the retry hint) and an id-only frame with the
@@ -96,7 +97,9 @@ async def frames(
 
     `direct` sends frames on the subscriber's connection at once (`SSEResponse.send_now`):
     a subscription to one topic alone lets the broker deliver through it while nothing is
-    queued, so that its own task need not wake for each event.
+    queued, so that its own task need not wake for each event. `drop` (`SSEResponse.drop`)
+    is told at once when a topic drops the subscriber for falling behind: its task may be
+    stuck in a send and never come back for the `hub.overflow` frame.
     """
     activity = hub.activity
     start = dict(subscription.start)
@@ -123,7 +126,7 @@ async def frames(
     yield preamble + b"id: " + writer.current().encode() + b"\n\n"
     solo = len(subscription.selected) == 1
     sources = [
-        _source(index, selected, start.get(selected.name), hub, direct if solo else None)
+        _source(index, selected, start.get(selected.name), hub, direct if solo else None, drop)
         for index, selected in enumerate(subscription.selected)
     ]
     batches: AbstractAsyncContextManager[AsyncIterator[Batch], Any]
@@ -233,6 +236,7 @@ async def _source(
     start: str | None,
     hub: Hub,
     direct: Callable[[bytes], bool] | None = None,
+    drop: Callable[[str], None] | None = None,
 ) -> AsyncGenerator[Batch, None]:
     """One selected stream's batches, `count` events at most, its failure made an event."""
     name = selected.name
@@ -247,6 +251,7 @@ async def _source(
             # waits in this frame, and one frame fewer per subscriber counts by the thousand.
             assert start is not None
             subscription = await hub.broker.subscribe(name, start, hub.settings.buffer)
+            subscription.dropped = drop
             if definition.producer is not None:
                 hub.producers.acquire(definition)
             try:
@@ -285,7 +290,7 @@ async def _source(
                     if remaining == 0:
                         return
             finally:
-                subscription.direct = None
+                subscription.direct = subscription.dropped = None
                 await subscription.close()
                 if definition.producer is not None:
                     hub.producers.release(definition)

@@ -183,10 +183,11 @@ class Hub:
         *,
         preamble: bytes = b"",
         direct: Callable[[bytes], bool] | None = None,
+        drop: Callable[[str], None] | None = None,
     ) -> AsyncGenerator[bytes, None]:
         """The subscription's frames, after `preamble`; close it (`contextlib.aclosing`) to
-        end it promptly. `direct`: see `hub.merge.frames`."""
-        return frames(subscription, self, preamble, direct)
+        end it promptly. `direct` and `drop`: see `hub.merge.frames`."""
+        return frames(subscription, self, preamble, direct, drop)
 
     async def publish(self, name: str, events: Iterable[Event | Mapping[str, Any]]) -> list[Entry]:
         """Validate and publish events to the topic `name`, in order, all or none.

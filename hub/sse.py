@@ -32,6 +32,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from .events import control_body
 from .merge import Drop
 
 __all__ = ["SSEResponse"]
@@ -68,6 +69,7 @@ class SSEResponse(Response):
     # Set only when used, so that an idle subscriber's response carries no more than it needs.
     client: str | None = None  # the address whose stream this is, for the hub's limits
     _last = b""  # the frames to end with when the hub closes it
+    _dropped: str | None = None  # why the hub dropped it, if it fell behind
 
     def __init__(
         self,
@@ -98,6 +100,12 @@ class SSEResponse(Response):
         """End this response now, with `last` as its last frames (the hub is shutting down)."""
         self._last = last
         self._stop()
+
+    def drop(self, reason: str) -> None:
+        """End this response now: it fell behind `reason` (and may be stuck sending)."""
+        if not self._stopping:
+            self._dropped = reason
+            self._stop()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.chunks is None:
@@ -149,7 +157,9 @@ class SSEResponse(Response):
             await self._send(send, {"type": "http.response.body", "body": b"", "more_body": False})
         except Drop as drop:
             # The frames ended with the reason (they went out above): end the response, and
-            # the connection with it, even if the client has stopped reading.
+            # the connection with it, even if the client has stopped reading. Stopping from
+            # here on: the disconnect this causes must not cancel what follows.
+            self._stopping = True
             logger.warning("cut off %s (%s): %s", _client(scope), _query(scope), drop.reason)
             await self._end(send, b"", connection, drop=True)
         except asyncio.CancelledError:
@@ -166,6 +176,13 @@ class SSEResponse(Response):
                     self._cut_off,
                 )
                 await self._drop(connection)
+            elif self._dropped is not None:
+                logger.warning(
+                    "cut off %s (%s): %s (--buffer)", _client(scope), _query(scope), self._dropped
+                )
+                await self._end(
+                    send, control_body("overflow", reason=self._dropped), connection, drop=True
+                )
             elif not self._disconnected:
                 # The hub stops: the generators are closed, and a client that is still there
                 # gets the last frames and a proper end of the response.

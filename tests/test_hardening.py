@@ -568,3 +568,22 @@ async def test_a_subscription_arriving_during_shutdown_is_told_to_go_elsewhere()
     assert busy.text.startswith("retry: 2000\n\n")
     [event] = parse_events(busy.text)
     assert event.event == "hub.busy" and event.json()["code"] == "shutting_down"
+
+
+def test_2_a_reader_that_falls_behind_is_disconnected_for_real_too() -> None:
+    """Cut off for falling behind (--buffer) rather than for a stuck send: its last frame,
+    hub.overflow, cannot go out to a client that reads nothing, and it is aborted."""
+    args = ["--send-timeout", "60", "--ping-interval", "0", "--buffer", "50"]
+    with HubServer(args=args) as server:
+        stalled = stall(server)
+        peer = stalled.getsockname()[1]
+        batch = [{"user": "u", "text": "x" * 2000}] * 100  # 200 KB
+        with httpx.Client(base_url=server.url, timeout=TIMEOUT) as client:
+            for _ in range(40):  # fills its socket, then its queue past the buffer
+                assert client.post("/streams/chat/events", json=batch).status_code == 201
+        took = wait_until(lambda: not server_sockets(server.port, peer), 5)
+        stalled.close()
+        wait_until(lambda: f"cut off 127.0.0.1:{peer}" in server.output, 5)
+    print(f"disconnected {took:.1f} s after the last publish")
+    assert "events were waiting" in server.output
+    no_errors(server.output)

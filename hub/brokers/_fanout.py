@@ -122,6 +122,7 @@ class Reader(BrokerSubscription):
         self._error: Exception | None = None
         self.gap = gap
         self.direct: Callable[[bytes], bool] | None = None
+        self.dropped: Callable[[str], None] | None = None
         # Live entries at or before this are dropped: the replay, read after this reader was
         # registered, already holds them (set by brokers whose replay needs an await).
         self._floor: Callable[[Entry], bool] | None = None
@@ -160,7 +161,10 @@ class Reader(BrokerSubscription):
         # under the limit plus a run (a run is bounded by the publish body limit).
         waiting = self._queued - (len(self._live[0]) - self._taken if self._live else 0)
         if waiting >= self._limit:
-            self.fail(Overflow(f"{self._queued} events were waiting for this subscriber"))
+            overflow = Overflow(f"{self._queued} events were waiting for this subscriber")
+            self.fail(overflow)
+            if self.dropped is not None:
+                self.dropped(str(overflow))
             return
         self._live.append(run)
         self._queued += len(run)

@@ -104,11 +104,14 @@ class BrokerSubscription(ABC):
     """One subscriber's view of one topic: `gap`, then the entries after its position."""
 
     # Thousands are alive at once: subclasses declare their fields in __slots__ too.
-    __slots__ = ("direct",)
+    __slots__ = ("direct", "dropped")
     gap: Gap | None
     # Set by a subscriber of this topic alone: called with the frames of new entries when
     # nothing is queued; True if it sent them itself, so they need not be queued at all.
     direct: Callable[[bytes], bool] | None
+    # Set by a subscriber with a connection: called with the reason when it falls behind and
+    # is dropped from the fan-out, at once, even if it is stuck sending and takes nothing.
+    dropped: Callable[[str], None] | None
 
     def __aiter__(self) -> AsyncIterator[Entry]:
         return self
