@@ -47,6 +47,8 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from .subscription import RequestError
+
 if TYPE_CHECKING:
     from .runtime import Hub
 
@@ -61,14 +63,6 @@ _MAX_HEAD_BYTES = MAX_TARGET_BYTES + MAX_HEADER_BYTES + 1024
 # How long a connection the hub closes has to take what is left, before it is aborted.
 CLOSE_WITHIN = 2.0
 _NO_LINGER = struct.pack("ii", 1, 0)
-
-
-class _Refusal(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 class _Guard:
@@ -131,11 +125,13 @@ class HubProtocol(HttpToolsProtocol):
             guard.flags |= _COUNTED
             if limits.connections > limits.max_connections:
                 self._refuse(
-                    503,
-                    "too_many_connections",
-                    f"this hub takes {limits.max_connections} connections at most and is "
-                    "full; retry later",
-                    retry_after=5,
+                    RequestError(
+                        503,
+                        "too_many_connections",
+                        f"this hub takes {limits.max_connections} connections at most and "
+                        "is full; retry later",
+                        retry_after=5,
+                    )
                 )
                 return
         guard.head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
@@ -193,9 +189,8 @@ class HubProtocol(HttpToolsProtocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, _Refusal):
-                refusal = exc.__context__
-                self._refuse(refusal.status, refusal.code, refusal.message)
+            if isinstance(exc.__context__, RequestError):  # raised by on_url, on_header
+                self._refuse(exc.__context__)
             else:
                 self._malformed(exc)
             return
@@ -210,10 +205,12 @@ class HubProtocol(HttpToolsProtocol):
             return
         if guard.reading_head and guard.head_bytes > _MAX_HEAD_BYTES:
             self._refuse(
-                431,
-                "headers_too_large",
-                f"the request head is over {_MAX_HEAD_BYTES} bytes; the headers may take "
-                f"{MAX_HEADER_BYTES} bytes and the request target {MAX_TARGET_BYTES}",
+                RequestError(
+                    431,
+                    "headers_too_large",
+                    f"the request head is over {_MAX_HEAD_BYTES} bytes; the headers may take "
+                    f"{MAX_HEADER_BYTES} bytes and the request target {MAX_TARGET_BYTES}",
+                )
             )
 
     def on_message_begin(self) -> None:
@@ -230,7 +227,7 @@ class HubProtocol(HttpToolsProtocol):
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
         if len(self.url) > MAX_TARGET_BYTES:
-            raise _Refusal(
+            raise RequestError(
                 414,
                 "uri_too_long",
                 f"the request target is over {MAX_TARGET_BYTES} bytes; select fewer streams "
@@ -241,7 +238,7 @@ class HubProtocol(HttpToolsProtocol):
         super().on_header(name, value)
         self._guard.header_bytes += len(name) + len(value) + 4
         if self._guard.header_bytes > MAX_HEADER_BYTES:
-            raise _Refusal(
+            raise RequestError(
                 431,
                 "headers_too_large",
                 f"the request headers are over {MAX_HEADER_BYTES} bytes",
@@ -269,9 +266,11 @@ class HubProtocol(HttpToolsProtocol):
             self.close_soon()
             return
         self._refuse(
-            408,
-            "header_timeout",
-            f"the request head did not arrive within {self.header_timeout:g} s",
+            RequestError(
+                408,
+                "header_timeout",
+                f"the request head did not arrive within {self.header_timeout:g} s",
+            )
         )
 
     # Writing.
@@ -302,15 +301,14 @@ class HubProtocol(HttpToolsProtocol):
             self._abort_by(hub.shutdown_deadline)
 
     def send_400_response(self, msg: str) -> None:
-        self._refuse(400, "malformed_request", f"the request is not valid HTTP/1.1: {msg}")
+        self._refuse(
+            RequestError(400, "malformed_request", f"the request is not valid HTTP/1.1: {msg}")
+        )
 
     def _malformed(self, exc: Exception) -> None:
-        reason = str(exc) or type(exc).__name__
-        self._refuse(400, "malformed_request", f"the request is not valid HTTP/1.1: {reason}")
+        self.send_400_response(str(exc) or type(exc).__name__)
 
-    def _refuse(
-        self, status: int, code: str, message: str, retry_after: float | None = None
-    ) -> None:
+    def _refuse(self, refusal: RequestError) -> None:
         """Answer with a JSON error and close; nothing more is read from this connection."""
         guard = self._guard
         guard.flags |= _REFUSED
@@ -326,11 +324,8 @@ class HubProtocol(HttpToolsProtocol):
             # client is gone (its sends are dropped), and this answer is the response.
             cycle.disconnected = True
             cycle.message_event.set()
-        error: dict[str, Any] = {"code": code, "message": message}
-        if retry_after is not None:
-            error["retry_after"] = retry_after
-        body = json.dumps({"error": error}, separators=(",", ":")).encode()
-        head = [STATUS_LINE[status]]
+        body = json.dumps(refusal.body(), separators=(",", ":")).encode()
+        head = [STATUS_LINE[refusal.status]]
         for name, value in self.server_state.default_headers:
             head += [name, b": ", value, b"\r\n"]
         head += [
@@ -338,12 +333,13 @@ class HubProtocol(HttpToolsProtocol):
             b"content-length: %d\r\n" % len(body),
             b"connection: close\r\n",
         ]
-        if retry_after is not None:
-            head.append(b"retry-after: %d\r\n" % retry_after)
+        head += [
+            f"{name.lower()}: {value}\r\n".encode() for name, value in refusal.headers().items()
+        ]
         head += [b"\r\n", body]
         self.transport.write(b"".join(head))
         self.close_soon()
-        _throttled(code, f"refused a connection: {status} {code}", self)
+        _throttled(refusal.code, f"refused a connection: {refusal.status} {refusal.code}", self)
 
 
 _LOGGED: dict[str, tuple[float, int]] = {}  # what -> (when last logged, how many since)
