@@ -56,22 +56,22 @@ class Run:
             )
         return self._frames
 
-    def offset(self, index: int) -> int:
-        """Where entry `index` starts in `frames` (`len(self)`: the end)."""
-        if index == 0:
-            return 0
+    def _ends_of_entries(self) -> list[int]:
+        """Where each entry's frame ends in `frames`, worked out once, when first needed."""
         if self._ends is None:
             self._ends = list(accumulate(len(entry.solo) for entry in self.entries))
-        return self._ends[index - 1]
+        return self._ends
+
+    def offset(self, index: int) -> int:
+        """Where entry `index` starts in `frames` (`len(self)`: the end)."""
+        return self._ends_of_entries()[index - 1] if index else 0
 
     def cut(self, start: int, most: int) -> int:
         """The end (exclusive) of the entries from `start` whose frames fit in `most` bytes;
         at least one entry, however large."""
         if start == 0 and len(self.frames) <= most:
             return len(self.entries)
-        self.offset(1)  # makes the ends
-        assert self._ends is not None
-        end = bisect_right(self._ends, self.offset(start) + most, lo=start)
+        end = bisect_right(self._ends_of_entries(), self.offset(start) + most, lo=start)
         return max(end, start + 1)
 
 
