@@ -21,7 +21,7 @@ from typing import Any
 from . import __version__
 from .brokers import BrokerUnavailable, broker_from_url
 from .registry import PluginError, Registry
-from .settings import Settings, SettingsError
+from .settings import Settings, SettingsError, comma_list
 
 __all__ = ["main"]
 
@@ -152,7 +152,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--forwarded-allow-ips",
-        type=lambda text: tuple(item.strip() for item in text.split(",") if item.strip()),
+        type=comma_list,
         metavar="IPS",
         help="proxies trusted with --proxy-headers, comma-separated, '*' for any "
         "(default 127.0.0.1,::1)",
@@ -213,18 +213,17 @@ async def _reach(url: str, wait: float = 0.0) -> None:
     last: BrokerUnavailable | None = None
     while True:
         broker = broker_from_url(url)
+        # The first try takes what the broker's own timeout gives; later ones no longer than
+        # the wait that is left.
+        left = None if last is None else max(deadline - loop.time(), 0.1)
         try:
-            if last is None:
-                await broker.start()  # the first try takes what the broker's own timeout gives
-            else:
-                # Later ones no longer than the wait that is left.
-                async with asyncio.timeout(max(deadline - loop.time(), 0.1)):
-                    await broker.start()
+            async with asyncio.timeout(left):
+                await broker.start()
             return
-        except (BrokerUnavailable, TimeoutError) as exc:
-            if isinstance(exc, TimeoutError):
-                assert last is not None
-                raise last from None
+        except TimeoutError:
+            assert last is not None
+            raise last from None
+        except BrokerUnavailable as exc:
             last = exc
             if loop.time() + delay > deadline:
                 raise

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-__all__ = ["Settings", "SettingsError"]
+__all__ = ["Settings", "SettingsError", "comma_list"]
 
 
 class SettingsError(ValueError):
@@ -99,14 +99,14 @@ def _boolean(text: str) -> bool:
     raise ValueError("expected one of 1, true, yes, on, 0, false, no, off")
 
 
-def _comma_list(text: str) -> tuple[str, ...]:
+def comma_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "host": str,
     "port": int,
-    "streams": _comma_list,
+    "streams": comma_list,
     "builtin_streams": _boolean,
     "entry_points": _boolean,
     "broker": str,
@@ -117,7 +117,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "ping_interval": float,
     "retry": int,
     "send_timeout": float,
-    "cors_origins": _comma_list,
+    "cors_origins": comma_list,
     "log_level": str.lower,
     "shutdown_grace": float,
     "header_timeout": float,
@@ -127,7 +127,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_connections_per_client": int,
     "publish_rate": float,
     "proxy_headers": _boolean,
-    "forwarded_allow_ips": _comma_list,
+    "forwarded_allow_ips": comma_list,
 }
 
 
