@@ -348,10 +348,7 @@ class RedisBroker(Broker):
         if not task.done():
             self._given_up.add(task)
             self._went_away(era, f"no answer within {self.command_timeout:g} s")
-            raise BrokerUnavailable(
-                f"the Redis broker at {self.url} is unavailable: "
-                f"no answer within {self.command_timeout:g} s"
-            )
+            raise self.unavailable(TimeoutError(f"no answer within {self.command_timeout:g} s"))
         try:
             return task.result()
         except self.errors as exc:
