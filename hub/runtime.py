@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Protocol, cast
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
 
-from .brokers import Broker, BrokerUnavailable, Entry, Lease, broker_from_url
+from .brokers import SLICE, Broker, BrokerUnavailable, Entry, Lease, broker_from_url
 from .events import Event, control_body, encode_retry
 from .limits import Limits
 from .merge import Activity, frames
@@ -27,9 +27,6 @@ __all__ = ["Hub", "publish"]
 
 logger = logging.getLogger("hub")
 
-# Events validated or encoded between two turns of the loop: a batch of 50,000 must not keep
-# everyone else waiting (about 2 ms a slice).
-SLICE = 500
 # How deep a published event may nest objects and arrays.
 MAX_DEPTH = 32
 # Problems listed in a refusal, at most: a batch of 50,000 bad events gets a short answer.

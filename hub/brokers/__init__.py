@@ -6,6 +6,7 @@ from urllib.parse import urlsplit
 
 from .base import (
     FRAMES_AT_ONCE,
+    SLICE,
     Broker,
     BrokerSubscription,
     BrokerUnavailable,
@@ -19,6 +20,7 @@ from .base import (
 
 __all__ = [
     "FRAMES_AT_ONCE",
+    "SLICE",
     "Broker",
     "BrokerSubscription",
     "BrokerUnavailable",

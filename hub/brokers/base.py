@@ -24,6 +24,7 @@ from ..events import encode_body
 
 __all__ = [
     "FRAMES_AT_ONCE",
+    "SLICE",
     "Broker",
     "BrokerSubscription",
     "BrokerUnavailable",
@@ -38,6 +39,9 @@ __all__ = [
 # transport buffer before a write waits (64 KiB), so that a subscriber's connection holds a
 # bounded amount whatever the size of a publish.
 FRAMES_AT_ONCE = 64 * 1024
+# Events validated or encoded between two turns of the loop: a batch of 50,000 must not keep
+# everyone else waiting (about 2 ms a slice).
+SLICE = 500
 
 # What any broker's position looks like. A position of this form that is not one of this
 # broker's own (another broker's, after a deployment moved from memory to Redis, or made up)

@@ -16,12 +16,11 @@ from collections.abc import Sequence
 from itertools import islice
 
 from ._fanout import Reader, Run, fan_out
-from .base import Broker, BrokerSubscription, Entry, Gap, Interrupted, TopicConfig
+from .base import SLICE, Broker, BrokerSubscription, Entry, Gap, Interrupted, TopicConfig
 
 __all__ = ["MemoryBroker"]
 
 _POSITION = re.compile(r"([a-z0-9]{1,16})\.(\d{1,18})")
-_SLICE = 500  # entries encoded between two turns of the loop
 
 
 class _Topic:
@@ -106,12 +105,12 @@ class MemoryBroker(Broker):
         async with state.publishing:
             first = state.seq + 1
             entries: list[Entry] = []
-            for start in range(0, len(data), _SLICE):
+            for start in range(0, len(data), SLICE):
                 if start:
                     await asyncio.sleep(0)  # a large batch lets the loop serve others
                 entries += [
                     Entry.encode(topic, self._position(seq), item)
-                    for seq, item in enumerate(data[start : start + _SLICE], start=first + start)
+                    for seq, item in enumerate(data[start : start + SLICE], start=first + start)
                 ]
             # The history grows and fan-out takes its readers in one step: a subscriber
             # arriving meanwhile either replays these or is pushed them, never both.
