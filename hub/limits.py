@@ -16,8 +16,8 @@ import time
 from collections import Counter
 from typing import NamedTuple
 
+from .errors import RequestError
 from .settings import Settings
-from .subscription import RequestError
 
 __all__ = ["FileLimit", "Limits", "raise_open_file_limit"]
 

@@ -47,7 +47,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from .subscription import RequestError
+from .errors import RequestError
 
 if TYPE_CHECKING:
     from .runtime import Hub

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .cursor import CursorError, parse_cursor
+from .errors import RequestError
 from .registry import Definition, Registry, Topic
 
 __all__ = ["RequestError", "Selected", "Subscription", "parse_subscription", "split_streams"]
@@ -23,44 +24,6 @@ MAX_CURSOR_LENGTH = 8192
 # A generated stream's position is a count, below this (what a 64-bit integer holds): no
 # stream counts that far, and a larger one is no position the hub gave.
 _COUNT_LIMIT = 2**63
-
-
-class RequestError(Exception):
-    """A request the hub refuses before streaming: its HTTP status and a JSON-able body.
-
-    `retry_after` (seconds) is sent as `Retry-After`; `load` marks a refusal for load (a
-    limit, or shutdown), which an `EventSource` gets as `hub.busy` in a 200, since it gives
-    up for good on any other status.
-    """
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        *,
-        retry_after: float | None = None,
-        load: bool = False,
-        **details: Any,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.retry_after = retry_after
-        self.load = load
-        self.details = details
-
-    def body(self) -> dict[str, Any]:
-        error = {"code": self.code, "message": self.message, **self.details}
-        if self.retry_after is not None:
-            error["retry_after"] = self.retry_after
-        return {"error": error}
-
-    def headers(self) -> dict[str, str]:
-        if self.retry_after is None:
-            return {}
-        return {"Retry-After": str(max(1, round(self.retry_after)))}
 
 
 @dataclass(frozen=True, slots=True)
