@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from .app import create_app
+from .auth import Principal
 from .events import Event, ReceivedAt
 from .registry import LastPosition, PluginError, Registry, Stream, Topic, stream, topic
 from .runtime import Hub, publish
@@ -13,6 +14,7 @@ __all__ = [
     "Hub",
     "LastPosition",
     "PluginError",
+    "Principal",
     "ReceivedAt",
     "Registry",
     "Settings",

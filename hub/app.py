@@ -23,19 +23,16 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import __version__
+from .auth import QUERY_PARAMETER, Access, redact_logs
 from .brokers import BrokerUnavailable
 from .cursor import quote_name
+from .errors import RequestError
 from .events import control_body, encode_retry
 from .registry import Definition, Registry, Topic
 from .runtime import Hub
 from .settings import Settings
 from .sse import SSEResponse
-from .subscription import (
-    HUB_QUERY_PARAMETERS,
-    RequestError,
-    parse_subscription,
-    split_streams,
-)
+from .subscription import HUB_QUERY_PARAMETERS, parse_subscription, split_streams
 
 __all__ = ["HubApp", "create_app", "create_app_from_env"]
 
@@ -199,6 +196,15 @@ that many events. `GET /streams` lists the streams and their parameters.
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "no `streams`, too many, or a malformed cursor"},
+    401: {
+        "model": ErrorBody,
+        "description": "a token is needed and missing, or does not verify (with authorization "
+        "on); `WWW-Authenticate` says which",
+    },
+    403: {
+        "model": ErrorBody,
+        "description": "the token grants no subscribe to the streams listed in `streams`",
+    },
     404: {"model": ErrorBody, "description": "an unknown stream; the body lists the available"},
     414: {"model": ErrorBody, "description": "the request target is over 8 KiB"},
     422: {"model": ErrorBody, "description": "invalid or unknown parameters, each named"},
@@ -214,6 +220,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 _PUBLISH_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "the body is not JSON, or nests too deep"},
+    401: {
+        "model": ErrorBody,
+        "description": "no token, or one that does not verify (with authorization on)",
+    },
+    403: {"model": ErrorBody, "description": "the token grants no publish to this topic"},
     404: _ERRORS[404],
     405: {"model": ErrorBody, "description": "not a topic that accepts events"},
     408: {"model": ErrorBody, "description": "the body did not arrive within --body-timeout"},
@@ -234,8 +245,12 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             entry_points=settings.entry_points,
         )
     hub = Hub(registry, settings)
+    auth = hub.auth
     catalog = Catalog(streams=[describe(s) for s in registry])
+    described = {info.name: info for info in catalog.streams}
     preamble = encode_retry(settings.retry)  # the first bytes of every subscription
+    # uvicorn's access log writes each request's target: a query token must not be in it.
+    redact_logs("uvicorn.access", "hub")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -253,7 +268,10 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     cors = {
         "allow_origins": list(settings.cors_origins),
         "allow_methods": ["GET", "POST"],
-        "allow_headers": ["Last-Event-ID", "Content-Type"],
+        "allow_headers": ["Last-Event-ID", "Content-Type", "Authorization"],
+        # Cookies (the hub_token) from the origins named, never from any: a browser refuses
+        # credentials with "*", and any site could read a signed-in user's streams.
+        "allow_credentials": "*" not in settings.cors_origins,
     }
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, **cors)  # type: ignore[arg-type]
@@ -300,9 +318,18 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             RequestError(422, "invalid_request", f"invalid request: {summary}", errors=errors)
         )
 
+    def access_of(scope: Scope, query: QueryParams | None = None) -> Access:
+        """The caller's access, from the request's token (a 401 for one that is not valid)."""
+        if not auth.enabled:
+            return auth.access((), None)
+        if query is None:
+            query = QueryParams(scope["query_string"])
+        return auth.access(scope["headers"], query.get(QUERY_PARAMETER))
+
     def subscribe(scope: Scope) -> SSEResponse:
         """The response to GET /events, or a RequestError before anything is opened."""
         query = QueryParams(scope["query_string"])
+        access = access_of(scope, query)
         header_cursor = Headers(scope=scope).get("last-event-id")
         subscription = parse_subscription(
             registry,
@@ -311,6 +338,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             header_cursor if header_cursor is not None else query.get("last_event_id"),
             max_streams=settings.max_streams,
             check_position=hub.broker.check_position,
+            access=access,
         )
         if hub.stopping:
             raise RequestError(
@@ -324,6 +352,8 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         hub.limits.admit(client)
         response = SSEResponse(tracker=hub)
         response.client = client  # the hub releases it when the response is over
+        if access.expires is not None:
+            response.expires = access.expires  # it ends with hub.expired then
         response.chunks = hub.frames(
             subscription, preamble=preamble, direct=response.send_now, drop=response.drop
         )
@@ -383,7 +413,10 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         },
     )
     async def publish_events(name: str, request: Request) -> Response:
-        hub.publishable(name)
+        # Who may publish is settled before the body is read.
+        access = access_of(request.scope)
+        access.require_token("publishing")
+        hub.publishable(name, access)
         if not _is_json(request.headers.get("content-type", "")):
             raise RequestError(
                 415,
@@ -407,41 +440,59 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         body = f'{{"positions":{json.dumps(positions)},"ids":{ids}}}'
         return Response(body, 201, media_type="application/json")
 
-    @app.get("/streams", summary="The catalog of streams")
-    async def list_streams() -> Catalog:
-        return catalog
+    @app.get(
+        "/streams",
+        summary="The catalog of streams",
+        description="With authorization on, the streams the caller may read or publish to.",
+        responses={401: _ERRORS[401]},
+    )
+    async def list_streams(request: Request) -> Catalog:
+        if not auth.enabled:
+            return catalog
+        access = access_of(request.scope)
+        return Catalog(streams=[described[d.name] for d in registry if access.sees(d)])
 
     @app.get(
         "/streams/{name}",
         summary="One stream of the catalog",
-        responses={404: _ERRORS[404]},
+        responses={401: _ERRORS[401], 404: _ERRORS[404]},
     )
-    async def get_stream(name: str) -> StreamInfo:
-        for info in catalog.streams:
-            if info.name == name:
-                return info
+    async def get_stream(name: str, request: Request) -> StreamInfo:
+        access = access_of(request.scope)
+        if name in described and access.sees(registry[name]):
+            return described[name]
+        # A stream the caller may not see is as unknown as one that does not exist.
+        available = [d.name for d in registry if access.sees(d)]
         raise RequestError(
             404,
             "unknown_stream",
-            f"unknown stream {name!r}; available: {', '.join(registry.names()) or '(none)'}",
+            f"unknown stream {name!r}; available: {', '.join(available) or '(none)'}",
             unknown=[name],
-            available=registry.names(),
+            available=available,
         )
 
-    def openapi() -> dict[str, Any]:
-        # FastAPI's document, made to say what the hub really sends: errors as JSON on every
-        # route, and each topic's own publish path with its event schema as the body.
-        if app.openapi_schema is None:
-            schema = FastAPI.openapi(app)
-            _errors_as_json(schema)
-            _topic_bodies(schema, [t for t in hub.topics.values() if t.producer is None])
-        return app.openapi_schema or {}
+    document = _Document(app, [t for t in hub.topics.values() if t.producer is None])
+    app.openapi = document.full  # type: ignore[method-assign]
+    if app.openapi_url:
+        # The document names the topics: each caller gets the ones it may publish to.
+        app.router.routes = [
+            route for route in app.router.routes if getattr(route, "path", None) != app.openapi_url
+        ]
 
-    app.openapi = openapi  # type: ignore[method-assign]
+        @app.get(app.openapi_url, include_in_schema=False)
+        async def openapi_document(request: Request) -> JSONResponse:
+            if not auth.enabled:
+                return JSONResponse(document.full())
+            return JSONResponse(document.for_access(access_of(request.scope)))
 
     @app.get("/health", summary="Liveness and current load")
-    async def health() -> Health:
+    async def health(request: Request) -> Health:
         buffered, most = hub.broker.buffered()
+        producers, standby = hub.producers.names(), hub.producers.standing_by()
+        if auth.enabled:  # shared streams named only to those who may see them
+            access = access_of(request.scope)
+            producers = [n for n in producers if access.sees(registry[n])]
+            standby = [n for n in standby if access.sees(registry[n])]
         return Health(
             pid=os.getpid(),
             broker=hub.broker.url,
@@ -450,8 +501,8 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             open_streams=hub.activity.open_streams,
             buffered=buffered,
             max_buffered=most,
-            producers=hub.producers.names(),
-            standby=hub.producers.standing_by(),
+            producers=producers,
+            standby=standby,
             connections=hub.limits.connections,
             clients=hub.limits.clients(),
             tasks=len(asyncio.all_tasks()),
@@ -558,37 +609,88 @@ def _errors_as_json(schema: dict[str, Any]) -> None:
                     response["content"] = {"application/json": first}
 
 
-def _topic_bodies(schema: dict[str, Any], topics: list[Topic]) -> None:
-    paths, components = schema["paths"], schema.setdefault("components", {})
-    generic = paths.get("/streams/{name}/events", {}).get("post")
-    if generic is None:
-        return
-    for topic in topics:
-        event = topic.event_model.model_json_schema(ref_template="#/components/schemas/{model}")
-        components.setdefault("schemas", {}).update(event.pop("$defs", {}))
-        # What a publisher sends: the fields the hub fills in are left out, no others allowed.
-        properties = {
-            name: field
-            for name, field in event.get("properties", {}).items()
-            if name not in topic.read_only
-        }
-        event["properties"] = properties
-        event["required"] = [name for name in event.get("required", []) if name in properties]
-        event["additionalProperties"] = False
-        operation = copy.deepcopy(generic)
-        operation["operationId"] = f"publish_{topic.name.replace('-', '_')}"
-        operation["summary"] = f"Publish events to {topic.name!r}"
-        operation["parameters"] = [
-            p for p in operation.get("parameters", []) if p.get("name") != "name"
+class _Document:
+    """The OpenAPI document: FastAPI's, made to say what the hub really sends (errors as JSON
+    on every route), with each topic's own publish path, its event schema as the body. Built
+    once; `for_access` leaves out the topics a caller may not publish to."""
+
+    def __init__(self, app: FastAPI, topics: list[Topic]) -> None:
+        self.app = app
+        self.topics = topics
+        self._base: dict[str, Any] | None = None
+        # topic -> its path, its operation, and the schemas its body refers to
+        self._topics: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {}
+
+    def _build(self) -> dict[str, Any]:
+        if self._base is None:
+            base = FastAPI.openapi(self.app)
+            self.app.openapi_schema = None  # FastAPI's cache: the full document is ours
+            _errors_as_json(base)
+            generic = base["paths"].get("/streams/{name}/events", {}).get("post")
+            if generic is not None:
+                self._topics = {t.name: _topic_path(generic, t) for t in self.topics}
+            self._base = base
+        return self._base
+
+    def full(self) -> dict[str, Any]:
+        if self.app.openapi_schema is None:
+            self.app.openapi_schema = self._assemble(list(self._topics_of(None)))
+        return self.app.openapi_schema
+
+    def for_access(self, access: Access) -> dict[str, Any]:
+        return self._assemble(list(self._topics_of(access)))
+
+    def _topics_of(self, access: Access | None) -> list[str]:
+        self._build()
+        return [
+            t.name
+            for t in self.topics
+            if t.name in self._topics and (access is None or access.may_publish(t))
         ]
-        for status in ("404", "405"):
-            operation["responses"].pop(status, None)
-        body = {"oneOf": [event, {"type": "array", "items": event, "minItems": 1}]}
-        operation["requestBody"] = {
-            "required": True,
-            "content": {"application/json": {"schema": body}},
-        }
-        paths[f"/streams/{topic.name}/events"] = {"post": operation}
+
+    def _assemble(self, names: list[str]) -> dict[str, Any]:
+        base = self._build()
+        paths = dict(base["paths"])
+        components = dict(base.get("components", {}))
+        schemas = dict(components.get("schemas", {}))
+        for name in names:
+            path, operation, defs = self._topics[name]
+            paths[path] = {"post": operation}
+            schemas.update(defs)
+        components["schemas"] = schemas
+        return {**base, "paths": paths, "components": components}
+
+
+def _topic_path(
+    generic: dict[str, Any], topic: Topic
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """A topic's own publish operation, from the generic one: its path, the operation, and
+    the schemas its event refers to."""
+    event = topic.event_model.model_json_schema(ref_template="#/components/schemas/{model}")
+    defs = event.pop("$defs", {})
+    # What a publisher sends: the fields the hub fills in are left out, no others allowed.
+    properties = {
+        name: field
+        for name, field in event.get("properties", {}).items()
+        if name not in topic.read_only
+    }
+    event["properties"] = properties
+    event["required"] = [name for name in event.get("required", []) if name in properties]
+    event["additionalProperties"] = False
+    operation = copy.deepcopy(generic)
+    operation["operationId"] = f"publish_{topic.name.replace('-', '_')}"
+    operation["summary"] = f"Publish events to {topic.name!r}"
+    operation["parameters"] = [
+        p for p in operation.get("parameters", []) if p.get("name") != "name"
+    ]
+    for status in ("404", "405"):
+        operation["responses"].pop(status, None)
+    body = {"oneOf": [event, {"type": "array", "items": event, "minItems": 1}]}
+    operation["requestBody"] = {
+        "required": True,
+        "content": {"application/json": {"schema": body}},
+    }
+    return f"/streams/{topic.name}/events", operation, defs
 
 
 def _open_files() -> int | None:

@@ -21,6 +21,7 @@ from typing import Any
 from . import __version__
 from .brokers import BrokerUnavailable, broker_from_url
 from .registry import PluginError, Registry
+from .runtime import load_auth
 from .settings import Settings, SettingsError, comma_list
 
 __all__ = ["main"]
@@ -157,6 +158,37 @@ def _parser() -> argparse.ArgumentParser:
         help="proxies trusted with --proxy-headers, comma-separated, '*' for any "
         "(default 127.0.0.1,::1)",
     )
+    auth = serve.add_argument_group(
+        "authorization",
+        "off unless a key is given; then every stream that is not public needs a token whose "
+        'claim "hub" grants it ({"subscribe": [...], "publish": [...]}), and publishing '
+        "always does",
+    )
+    auth.add_argument(
+        "--auth-key",
+        metavar="SECRET",
+        help="verify HS256 tokens with this shared secret, 32 bytes or more (prefer the "
+        "environment: HUB_AUTH_KEY, which ps does not show)",
+    )
+    auth.add_argument(
+        "--auth-public-key",
+        metavar="PEM_FILE",
+        help="verify RS256 or ES256 tokens with this public key (PEM)",
+    )
+    auth.add_argument("--auth-audience", metavar="AUD", help="tokens must have this aud")
+    auth.add_argument("--auth-issuer", metavar="ISS", help="tokens must have this iss")
+    auth.add_argument(
+        "--auth-leeway",
+        type=float,
+        metavar="SECONDS",
+        help="clock skew allowed on exp and nbf (default 5)",
+    )
+    auth.add_argument(
+        "--public",
+        action="append",
+        metavar="PATTERN",
+        help="streams readable without a token: a name or a glob with * (repeatable)",
+    )
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument(
         "--reload", action="store_true", help="restart when the code changes (development)"
@@ -186,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.streams, builtin=settings.builtin_streams, entry_points=settings.entry_points
         )
         if args.command == "serve":
+            load_auth(settings)  # a key that cannot be used stops the start, with the reason
             asyncio.run(_reach(settings.broker, settings.broker_wait))
     except (SettingsError, PluginError, ValueError, BrokerUnavailable) as exc:
         print(f"hub: error: {exc}", file=sys.stderr)

@@ -27,6 +27,7 @@ from typing import Annotated, Any, Literal, cast, overload
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 from pydantic.fields import FieldInfo
 
+from .auth import Principal
 from .brokers.base import TopicConfig
 from .events import Event
 
@@ -45,7 +46,7 @@ __all__ = [
 ENTRY_POINT_GROUP = "hub.streams"
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 # Query parameters the hub itself reads; a plugin cannot declare them.
-RESERVED_PARAMETERS = frozenset({"count", "streams", "last_event_id"})
+RESERVED_PARAMETERS = frozenset({"count", "streams", "last_event_id", "access_token"})
 
 
 class PluginError(Exception):
@@ -79,6 +80,8 @@ class Definition:
     module: str
     # Parameters that take several values (`?tag=a&tag=b`); the others take one.
     multi_valued: frozenset[str] = frozenset()
+    # Readable without a token when authorization is on.
+    public: bool = False
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} from {self.module}>"
@@ -97,6 +100,9 @@ class Stream(Definition):
         description: str,
         parameters: type[BaseModel],
         position_parameter: str | None,
+        principal_parameter: str | None = None,
+        principal_required: bool = False,
+        public: bool = False,
     ) -> None:
         self.name = name
         self.function = function
@@ -104,6 +110,11 @@ class Stream(Definition):
         self.description = description
         self.parameters = parameters
         self.position_parameter = position_parameter
+        # The parameter that receives the caller (`Principal`), and whether the stream
+        # refuses callers without one (typed `Principal`, not `Principal | None`).
+        self.principal_parameter = principal_parameter
+        self.principal_required = principal_required
+        self.public = public
         self.module = function.__module__
         self.multi_valued = frozenset(
             field_name
@@ -141,6 +152,7 @@ class Topic(Definition):
         config: TopicConfig,
         producer: Callable[[], AsyncIterator[Event]] | None = None,
         eager: bool = False,
+        public: bool = False,
     ) -> None:
         self.name = name
         self.event_model = event_model
@@ -149,6 +161,7 @@ class Topic(Definition):
         self.config = config
         self.producer = producer
         self.eager = eager
+        self.public = public
         self.parameters = _COUNT_ONLY
         # Fields the hub fills in (JSON Schema readOnly): a publisher may not set them.
         self.read_only = frozenset(
@@ -166,14 +179,18 @@ def topic(
     description: str = "",
     history: int = 1000,
     max_age: float | None = None,
+    public: bool = False,
 ) -> Topic:
     """Declare a topic: events of type `event`, the last `history` kept (and, if `max_age` is
-    given, none older than that many seconds) so that subscribers can resume."""
+    given, none older than that many seconds) so that subscribers can resume. A `public`
+    topic may be read without a token when authorization is on (publishing still needs one).
+    """
     module = sys._getframe(1).f_globals.get("__name__", "?")
     where = f"{module}: topic {name!r}"
     _check_name(name, where)
     _check_event_model(event, where)
-    return Topic(name, event, description.strip(), module, _topic_config(history, max_age, where))
+    config = _topic_config(history, max_age, where)
+    return Topic(name, event, description.strip(), module, config, public=public)
 
 
 def _topic_config(history: int, max_age: float | None, where: str) -> TopicConfig:
@@ -208,6 +225,7 @@ def stream(
     event: type[Event] | None = None,
     description: str | None = None,
     shared: Literal[False] = False,
+    public: bool = False,
 ) -> Callable[[Callable[..., AsyncIterator[Any]]], Stream]: ...
 
 
@@ -221,6 +239,7 @@ def stream(
     history: int = 1000,
     max_age: float | None = None,
     eager: bool = False,
+    public: bool = False,
 ) -> Callable[[Callable[..., AsyncIterator[Any]]], Topic]: ...
 
 
@@ -233,6 +252,7 @@ def stream(
     history: int = 1000,
     max_age: float | None = None,
     eager: bool = False,
+    public: bool = False,
 ) -> Callable[[Callable[..., AsyncIterator[Any]]], Stream | Topic]:
     """Register an async generator function as the stream `name`.
 
@@ -243,6 +263,10 @@ def stream(
     With `shared=True` the generator runs once for all subscribers, from the first one's
     arrival (or from start-up, with `eager=True`) until the last one leaves; its events go
     into a topic of the same name, with `history` and `max_age` as for `topic()`.
+
+    A `public` stream may be read without a token when authorization is on. A parameter
+    typed `Principal | None` receives the verified caller (None without a token); typed
+    `Principal`, the stream refuses callers without a token.
     """
 
     def decorate(function: Callable[..., AsyncIterator[Any]]) -> Stream | Topic:
@@ -259,17 +283,27 @@ def stream(
             raise PluginError(f"{where}: cannot resolve the type hints: {exc}") from exc
         model = event if event is not None else _event_model_from(hints.get("return"))
         _check_event_model(model, f"{where}: stream {name!r}")
-        parameters, position_parameter = _parameters_model(name, function, hints, where)
+        parameters, special = _parameters_model(name, function, hints, where)
         text = (description if description is not None else inspect.getdoc(function) or "").strip()
         if not shared:
-            return Stream(name, function, model, text, parameters, position_parameter)
-        if len(parameters.model_fields) > 1 or position_parameter is not None:
+            return Stream(
+                name,
+                function,
+                model,
+                text,
+                parameters,
+                special.position,
+                special.principal,
+                special.principal_required,
+                public,
+            )
+        if len(parameters.model_fields) > 1 or special.position or special.principal:
             raise PluginError(
                 f"{where}: shared stream {name!r} runs once for every subscriber, so it cannot "
                 f"take parameters; give it none (constants in the module are fine)"
             )
         config = _topic_config(history, max_age, f"{where}: shared stream {name!r}")
-        return Topic(name, model, text, function.__module__, config, function, eager)
+        return Topic(name, model, text, function.__module__, config, function, eager, public)
 
     return decorate
 
@@ -296,6 +330,25 @@ def _is_last_position(annotation: Any) -> bool:
     )
 
 
+def _principal_kind(annotation: Any) -> Literal["required", "optional"] | None:
+    """Whether a parameter takes the caller: typed `Principal`, or `Principal | None`."""
+    if typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if annotation is Principal:
+        return "required"
+    if _is_union(annotation) and set(typing.get_args(annotation)) == {Principal, type(None)}:
+        return "optional"
+    return None
+
+
+class _Special(typing.NamedTuple):
+    """The parameters the hub fills in itself, which are no query parameters."""
+
+    position: str | None = None
+    principal: str | None = None
+    principal_required: bool = False
+
+
 def _is_sequence(annotation: Any) -> bool:
     if typing.get_origin(annotation) is Annotated:
         annotation = typing.get_args(annotation)[0]
@@ -313,9 +366,10 @@ def _is_union(annotation: Any) -> bool:
 
 def _parameters_model(
     name: str, function: Callable[..., Any], hints: dict[str, Any], where: str
-) -> tuple[type[BaseModel], str | None]:
+) -> tuple[type[BaseModel], _Special]:
     fields: dict[str, Any] = {"count": _COUNT_FIELD}
     position_parameter = None
+    principal_parameter, principal_required = None, False
     for parameter in inspect.signature(function).parameters.values():
         if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
             raise PluginError(f"{where}: *args and **kwargs are not allowed in a stream")
@@ -331,6 +385,13 @@ def _parameters_model(
             if position_parameter is not None:
                 raise PluginError(f"{where}: only one parameter may be a LastPosition")
             position_parameter = parameter.name
+            continue
+        principal = _principal_kind(annotation)
+        if principal is not None:
+            if principal_parameter is not None:
+                raise PluginError(f"{where}: only one parameter may be a Principal")
+            principal_parameter = parameter.name
+            principal_required = principal == "required"
             continue
         if parameter.name in RESERVED_PARAMETERS or parameter.name.startswith("_"):
             raise PluginError(
@@ -364,7 +425,7 @@ def _parameters_model(
         raise PluginError(
             f"{where}: the parameters of stream {name!r} are not valid: {exc}"
         ) from exc
-    return model, position_parameter
+    return model, _Special(position_parameter, principal_parameter, principal_required)
 
 
 class Registry:

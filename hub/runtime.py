@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import random
 import time
@@ -15,15 +16,17 @@ from typing import Any, ClassVar, Protocol, cast
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
 
+from .auth import Access, Auth, AuthConfigError
 from .brokers import SLICE, Broker, BrokerUnavailable, Entry, Lease, broker_from_url
+from .errors import RequestError
 from .events import Event, control_body, encode_retry
 from .limits import Limits
 from .merge import Activity, frames
 from .registry import Registry, Topic
 from .settings import Settings
-from .subscription import RequestError, Subscription
+from .subscription import Subscription
 
-__all__ = ["Hub", "publish"]
+__all__ = ["Hub", "load_auth", "publish"]
 
 logger = logging.getLogger("hub")
 
@@ -66,6 +69,7 @@ class Hub:
         self.broker = broker if broker is not None else broker_from_url(self.settings.broker)
         self.activity = Activity()
         self.limits = Limits(self.settings)
+        self.auth = load_auth(self.settings)
         self.producers = Producers(self)
         self.topics = {d.name: d for d in registry if isinstance(d, Topic)}
         self._responses: set[Response] = set()
@@ -84,6 +88,19 @@ class Hub:
         await self.broker.start()
         Hub.current = self
         logger.info("limits: %s", self.limits.describe())
+        logger.info("authorization: %s", self.auth.describe())
+        if not self.auth.enabled and not _loopback(self.settings.host):
+            logger.warning(
+                "authorization is off and the hub listens on %s: anyone who can reach it may "
+                "read every stream and publish to every topic (--auth-key, --auth-public-key)",
+                self.settings.host,
+            )
+        for pattern in self.auth.unmatched_public(self.registry.names()):
+            logger.warning(
+                "--public %r matches no stream (streams: %s)",
+                pattern,
+                ", ".join(self.registry.names()),
+            )
         checks = [t / 2 for t in (self.settings.ping_interval, self.settings.send_timeout) if t]
         if checks:
             self._keep_alive = asyncio.create_task(self._look_after_responses(min(checks)))
@@ -197,23 +214,29 @@ class Hub:
         data = await self.encode(definition, events)
         return await self.broker.publish(name, data)
 
-    def publishable(self, name: str) -> Topic:
-        if name not in self.registry:
+    def publishable(self, name: str, access: Access | None = None) -> Topic:
+        """The topic `name` if `access` (trusted code when None) may publish to it; else a
+        404 for a stream it may not see, a 403 without the grant, a 405 for no topic."""
+        access = access if access is not None else _TRUSTED
+        # The topics named in a refusal: those this caller may publish to.
+        seen = [t for t, d in self.topics.items() if not d.producer and access.may_publish(d)]
+        definition = self.registry[name] if name in self.registry else None
+        if definition is None or not access.sees(definition):
             raise RequestError(
                 404,
                 "unknown_stream",
-                f"unknown stream {name!r}; topics: {', '.join(self.topics) or '(none)'}",
+                f"unknown stream {name!r}; topics: {', '.join(seen) or '(none)'}",
                 unknown=[name],
-                available=sorted(self.topics),
+                available=seen,
             )
-        definition = self.registry[name]
+        access.check_publish(definition)
         if not isinstance(definition, Topic) or definition.producer is not None:
             what = "a generated stream" if definition.kind == "generated" else "fed by its producer"
             raise RequestError(
                 405,
                 "not_publishable",
                 f"stream {name!r} is {what}; only topics accept published events "
-                f"(topics: {', '.join(t for t, d in self.topics.items() if not d.producer)})",
+                f"(topics: {', '.join(seen)})",
             )
         return definition
 
@@ -272,6 +295,41 @@ class Hub:
         if not encoded:
             raise RequestError(422, "invalid_events", "no events given: send one or more")
         return encoded
+
+
+# Code in the hub's process (`hub.publish()`, shared producers) is trusted: it may publish
+# to every topic, whatever the authorization.
+_TRUSTED = Access(None, None)
+
+
+def load_auth(settings: Settings) -> Auth:
+    """The hub's authorization, from its settings; the public key is read from its file."""
+    public_key = None
+    if settings.auth_public_key:
+        try:
+            with open(settings.auth_public_key, "rb") as file:
+                public_key = file.read(1024 * 1024)
+        except OSError as exc:
+            raise AuthConfigError(
+                f"--auth-public-key {settings.auth_public_key!r} cannot be read: {exc.strerror}"
+            ) from None
+    return Auth(
+        key=settings.auth_key.encode() if settings.auth_key else None,
+        public_key=public_key,
+        audience=settings.auth_audience,
+        issuer=settings.auth_issuer,
+        leeway=settings.auth_leeway,
+        public=settings.public,
+    )
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
 
 
 def _problems(definition: Topic, event: object) -> list[dict[str, str]]:

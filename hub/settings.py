@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 __all__ = ["Settings", "SettingsError", "comma_list"]
@@ -47,6 +47,15 @@ class Settings:
     # the connection comes from one of `forwarded_allow_ips` ("*" for any).
     proxy_headers: bool = False
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
+    # Authorization, off unless a key is given: an HS256 secret, or the path of a PEM public
+    # key (RS256 or ES256). The secret is kept out of repr(), and so out of any log.
+    auth_key: str = field(default="", repr=False)
+    auth_public_key: str = ""
+    auth_audience: str = ""  # when set, a token's `aud` must name it
+    auth_issuer: str = ""  # when set, a token's `iss` must be it
+    auth_leeway: float = 5.0  # seconds of clock skew allowed on `exp` and `nbf`
+    # Streams readable without a token (names or globs), besides those declared public.
+    public: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("port", "retry", "max_connections", "max_connections_per_client"):
@@ -55,7 +64,7 @@ class Settings:
         for name in ("max_streams", "buffer", "max_publish_bytes", "keep_alive"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("ping_interval", "send_timeout", "broker_wait", "publish_rate"):
+        for name in ("ping_interval", "send_timeout", "broker_wait", "publish_rate", "auth_leeway"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name} must be >= 0 seconds, got {getattr(self, name)}")
         for name in ("shutdown_grace", "header_timeout", "body_timeout"):
@@ -72,7 +81,7 @@ class Settings:
             if variable in environ:
                 values[f.name] = _convert(variable, environ[variable], _PARSERS[f.name])
         values.update({k: v for k, v in overrides.items() if v is not None})
-        for name in ("streams", "cors_origins", "forwarded_allow_ips"):
+        for name in ("streams", "cors_origins", "forwarded_allow_ips", "public"):
             if name in values:
                 values[name] = tuple(values[name])
         return replace(cls(), **values)
@@ -128,6 +137,12 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "publish_rate": float,
     "proxy_headers": _boolean,
     "forwarded_allow_ips": comma_list,
+    "auth_key": str,
+    "auth_public_key": str,
+    "auth_audience": str,
+    "auth_issuer": str,
+    "auth_leeway": float,
+    "public": comma_list,
 }
 
 

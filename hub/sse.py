@@ -32,6 +32,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from .auth import redact
 from .events import control_body
 from .merge import Drop
 
@@ -70,6 +71,9 @@ class SSEResponse(Response):
     client: str | None = None  # the address whose stream this is, for the hub's limits
     _last = b""  # the frames to end with when the hub closes it
     _dropped: str | None = None  # why the hub dropped it, if it fell behind
+    # When the caller's token runs out (Unix time): the response ends with `hub.expired`.
+    expires: float | None = None
+    _expired = False
 
     def __init__(
         self,
@@ -107,6 +111,16 @@ class SSEResponse(Response):
             self._dropped = reason
             self._stop()
 
+    def expire(self) -> None:
+        """End this response now, with `hub.expired`: the caller's token ran out. The
+        connection goes with it; the client reconnects with a fresh token and its cursor."""
+        if not self._stopping:
+            self._expired = True
+            self._last = control_body(
+                "expired", reason="the token has expired; reconnect with a fresh one"
+            )
+            self._stop()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.chunks is None:
             raise RuntimeError("SSEResponse has nothing to send: set its chunks first")
@@ -127,6 +141,11 @@ class SSEResponse(Response):
         if self._tracker is not None:
             self._tracker.track(self)
         self._watch(receive)
+        expiry = None
+        if self.expires is not None:
+            expiry = asyncio.get_running_loop().call_later(
+                max(self.expires - time.time(), 0.0), self.expire
+            )
         try:
             try:
                 # The head waits for the first chunk (for the hub, the retry hint and the
@@ -183,11 +202,16 @@ class SSEResponse(Response):
                 await self._end(
                     send, control_body("overflow", reason=self._dropped), connection, drop=True
                 )
+            elif self._expired:
+                logger.info("ended %s (%s): its token expired", _client(scope), _query(scope))
+                await self._end(send, self._last, connection, drop=True)
             elif not self._disconnected:
                 # The hub stops: the generators are closed, and a client that is still there
                 # gets the last frames and a proper end of the response.
                 await self._end(send, self._last, connection, drop=False)
         finally:
+            if expiry is not None:
+                expiry.cancel()
             if self._finishing is not None:
                 self._finishing.cancel()
             watcher, self._watcher = self._watcher, None
@@ -350,7 +374,7 @@ def _client(scope: Scope) -> str:
 
 def _query(scope: Scope) -> str:
     query: bytes = scope.get("query_string", b"")
-    return query[:200].decode(errors="replace")
+    return redact(query.decode(errors="replace"))[:200]
 
 
 def _quietly(task: asyncio.Task[None]) -> None:

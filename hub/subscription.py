@@ -11,14 +11,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .auth import Access, unauthorized
 from .cursor import CursorError, parse_cursor
 from .errors import RequestError
-from .registry import Definition, Registry, Topic
+from .registry import Definition, Registry, Stream, Topic
 
 __all__ = ["RequestError", "Selected", "Subscription", "parse_subscription", "split_streams"]
 
 # Query parameters read by the hub itself rather than passed to streams.
-HUB_QUERY_PARAMETERS = frozenset({"streams", "last_event_id"})
+HUB_QUERY_PARAMETERS = frozenset({"streams", "last_event_id", "access_token"})
 # The longest cursor read: 16 streams of long names and positions fit several times over.
 MAX_CURSOR_LENGTH = 8192
 # A generated stream's position is a count, below this (what a 64-bit integer holds): no
@@ -71,13 +72,19 @@ def parse_subscription(
     *,
     max_streams: int = 16,
     check_position: Callable[[str], None] | None = None,
+    access: Access | None = None,
 ) -> Subscription:
     """Validate a selection, its parameters and its cursor against the registry.
 
     `query` holds the stream parameters only (not `streams` nor `last_event_id`), as pairs,
     in order, repeats included. `check_position` is the broker's check of a topic position.
+    `access` is the caller's: what it may read is checked before its parameters, and the
+    streams it may not see are never named; the principal reaches the streams that ask.
     """
-    available = registry.names()
+    if access is None:
+        available = registry.names()
+    else:
+        available = [d.name for d in registry if access.sees(d)]
     if not names:
         raise RequestError(
             400,
@@ -104,6 +111,11 @@ def parse_subscription(
             available=available,
         )
     streams = sorted((registry[name] for name in names), key=lambda s: s.name)
+    principal = None
+    if access is not None:
+        access.check_subscribe(streams)
+        principal = access.principal
+    _check_callers(streams, principal is not None)
     arguments, errors = _route_parameters(streams, query)
     start = _read_cursor(streams, last_event_id, check_position)
     selected = []
@@ -124,6 +136,8 @@ def parse_subscription(
         # Built without `count` rather than copied and popped: a dict never shrinks, and
         # every subscriber keeps its arguments for as long as it stays.
         validated = {key: value for key, value in values if key != "count"}
+        if isinstance(definition, Stream) and definition.principal_parameter is not None:
+            validated[definition.principal_parameter] = principal
         count = values.count  # type: ignore[attr-defined]
         after: int | str | None = start.get(definition.name)
         if after is not None and definition.kind == "generated":
@@ -132,6 +146,22 @@ def parse_subscription(
     if errors:
         raise _invalid(errors)
     return Subscription(tuple(selected), start)
+
+
+def _check_callers(streams: list[Definition], known: bool) -> None:
+    """A 401 for a stream that serves only a known caller (it takes a `Principal`), if the
+    caller is not known."""
+    if known:
+        return
+    needing = [s.name for s in streams if isinstance(s, Stream) and s.principal_required]
+    if needing:
+        raise unauthorized(
+            f"stream {', '.join(repr(n) for n in needing)} serves a signed-in caller only: "
+            "send a token ('Authorization: Bearer <token>', the cookie 'hub_token', or the "
+            "query parameter 'access_token'); without authorization on (--auth-key, "
+            "--auth-public-key) no caller is ever known",
+            token_sent=False,
+        )
 
 
 def _invalid(errors: list[dict[str, Any]]) -> RequestError:

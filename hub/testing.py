@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from .auth import Principal
 from .merge import Drop
 from .registry import Definition, Registry
 from .runtime import Hub
@@ -120,6 +121,7 @@ async def acollect(
     registry: Registry | None = None,
     plugins: Sequence[str] = (),
     timeout: float = 10.0,
+    principal: Principal | Mapping[str, Any] | None = None,
 ) -> list[ReceivedEvent]:
     """The first `limit` events (control events included) of a selection, in-process.
 
@@ -129,6 +131,10 @@ async def acollect(
     started for the call. Ends early if every stream ends; raises `TimeoutError` if `limit`
     events take over `timeout` s, and `hub.subscription.RequestError` for a request the hub
     would refuse.
+
+    `principal` is the caller, as a `Principal` or as a token's claims
+    (`{"sub": "ana", "hub": {"subscribe": ["*"]}}`): a stream that takes a `Principal` gets
+    it, and a `hub` with authorization on checks its grants as for a request.
     """
     selection = [streams] if isinstance(streams, (str, Definition)) else list(streams)
     if hub is not None:
@@ -147,8 +153,16 @@ async def acollect(
     if hub is None:
         async with Hub(registry) as own:
             return await acollect(
-                names, limit, params=query, last_event_id=last_event_id, hub=own, timeout=timeout
+                names,
+                limit,
+                params=query,
+                last_event_id=last_event_id,
+                hub=own,
+                timeout=timeout,
+                principal=principal,
             )
+    if principal is not None and not isinstance(principal, Principal):
+        principal = Principal.from_claims(principal)
     subscription = parse_subscription(
         registry,
         list(dict.fromkeys(names)),
@@ -156,6 +170,7 @@ async def acollect(
         last_event_id,
         max_streams=len(names) or 1,
         check_position=hub.broker.check_position,
+        access=hub.auth.access_for(principal),
     )
     parser = SSEParser()
     received: list[ReceivedEvent] = []

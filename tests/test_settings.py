@@ -185,6 +185,11 @@ def test_zero_is_allowed_where_it_means_something() -> None:
             publish_rate=50.0,
             proxy_headers=True,
             forwarded_allow_ips=("10.0.0.1", "10.0.0.2"),
+            auth_key="a secret of thirty-two bytes or more, for HS256",
+            auth_audience="hub",
+            auth_issuer="https://issuer.example",
+            auth_leeway=2.5,
+            public=("news", "status_*"),
         ),
         Settings(streams=("one.py",), ping_interval=0.1, entry_points=False),
     ],
@@ -216,6 +221,12 @@ def test_to_env_round_trips(settings: Settings) -> None:
         "HUB_PUBLISH_RATE",
         "HUB_PROXY_HEADERS",
         "HUB_FORWARDED_ALLOW_IPS",
+        "HUB_AUTH_KEY",
+        "HUB_AUTH_PUBLIC_KEY",
+        "HUB_AUTH_AUDIENCE",
+        "HUB_AUTH_ISSUER",
+        "HUB_AUTH_LEEWAY",
+        "HUB_PUBLIC",
     }
     assert all(isinstance(value, str) for value in env.values())
     assert Settings.from_env(env) == settings
