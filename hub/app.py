@@ -618,47 +618,36 @@ class _Document:
         self.app = app
         self.topics = topics
         self._base: dict[str, Any] | None = None
-        # topic -> its path, its operation, and the schemas its body refers to
-        self._topics: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {}
+        # each topic's path, operation, and the schemas its body refers to
+        self._paths: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {}
 
-    def _build(self) -> dict[str, Any]:
+    def full(self) -> dict[str, Any]:
+        if self.app.openapi_schema is None:
+            self.app.openapi_schema = self._assemble(self.topics)
+        return self.app.openapi_schema
+
+    def for_access(self, access: Access) -> dict[str, Any]:
+        return self._assemble([t for t in self.topics if access.may_publish(t)])
+
+    def _assemble(self, topics: list[Topic]) -> dict[str, Any]:
         if self._base is None:
             base = FastAPI.openapi(self.app)
             self.app.openapi_schema = None  # FastAPI's cache: the full document is ours
             _errors_as_json(base)
             generic = base["paths"].get("/streams/{name}/events", {}).get("post")
             if generic is not None:
-                self._topics = {t.name: _topic_path(generic, t) for t in self.topics}
+                self._paths = {t.name: _topic_path(generic, t) for t in self.topics}
             self._base = base
-        return self._base
-
-    def full(self) -> dict[str, Any]:
-        if self.app.openapi_schema is None:
-            self.app.openapi_schema = self._assemble(list(self._topics_of(None)))
-        return self.app.openapi_schema
-
-    def for_access(self, access: Access) -> dict[str, Any]:
-        return self._assemble(list(self._topics_of(access)))
-
-    def _topics_of(self, access: Access | None) -> list[str]:
-        self._build()
-        return [
-            t.name
-            for t in self.topics
-            if t.name in self._topics and (access is None or access.may_publish(t))
-        ]
-
-    def _assemble(self, names: list[str]) -> dict[str, Any]:
-        base = self._build()
-        paths = dict(base["paths"])
-        components = dict(base.get("components", {}))
+        paths = dict(self._base["paths"])
+        components = dict(self._base.get("components", {}))
         schemas = dict(components.get("schemas", {}))
-        for name in names:
-            path, operation, defs = self._topics[name]
-            paths[path] = {"post": operation}
-            schemas.update(defs)
+        for topic in topics:
+            if topic.name in self._paths:
+                path, operation, defs = self._paths[topic.name]
+                paths[path] = {"post": operation}
+                schemas.update(defs)
         components["schemas"] = schemas
-        return {**base, "paths": paths, "components": components}
+        return {**self._base, "paths": paths, "components": components}
 
 
 def _topic_path(

@@ -81,11 +81,8 @@ def parse_subscription(
     `access` is the caller's: what it may read is checked before its parameters, and the
     streams it may not see are never named; the principal reaches the streams that ask.
     """
-    if access is None:
-        available = registry.names()
-    else:
-        available = [d.name for d in registry if access.sees(d)]
     if not names:
+        available = _available(registry, access)
         raise RequestError(
             400,
             "missing_streams",
@@ -102,6 +99,7 @@ def parse_subscription(
         )
     unknown = [name for name in names if name not in registry]
     if unknown:
+        available = _available(registry, access)
         listed = ", ".join(repr(name) for name in unknown)
         raise RequestError(
             404,
@@ -146,6 +144,13 @@ def parse_subscription(
     if errors:
         raise _invalid(errors)
     return Subscription(tuple(selected), start)
+
+
+def _available(registry: Registry, access: Access | None) -> list[str]:
+    """The streams a refusal may name: those the caller may see."""
+    if access is None:
+        return registry.names()
+    return [d.name for d in registry if access.sees(d)]
 
 
 def _check_callers(streams: list[Definition], known: bool) -> None:

@@ -188,6 +188,40 @@ def test_the_body_of_an_unauthorized_publish_is_not_read(server: HubServer) -> N
     assert head.startswith(b"HTTP/1.1 401"), head
 
 
+def test_grant_patterns() -> None:
+    ana = Principal(sub="ana", subscribe=("chat", "acme_*", "*_log"), publish=("chat",))
+    assert [ana.may_subscribe(n) for n in ["chat", "acme_x", "acme_", "x_log", "chats", "acm"]] == [
+        True,
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
+    assert ana.may_publish("chat") and not ana.may_publish("acme_x")
+    assert not Principal(sub="nobody").may_subscribe("chat")
+    assert Principal(subscribe=("*",)).may_subscribe("anything-at_all")
+    # Many stars match in linear time (a regular expression of `.*`s would backtrack for
+    # ages on a name that almost matches).
+    stars = Principal(subscribe=("a*" * 40 + "b",))
+    assert not stars.may_subscribe("a" * 64)
+
+
+def test_grants_in_the_token_are_checked() -> None:
+    assert Principal.from_claims({"sub": "a", "hub": {"subscribe": ["x*"]}}).subscribe == ("x*",)
+    for claims, why in [
+        ({"hub": ["chat"]}, "must be an object"),
+        ({"hub": {"read": ["chat"]}}, "unknown keys"),
+        ({"hub": {"subscribe": "chat"}}, "must be a list"),
+        ({"hub": {"subscribe": [1]}}, "a pattern is"),
+        ({"hub": {"publish": ["a?b"]}}, "a pattern is"),
+        ({"hub": {"publish": ["x" * 300]}}, "a pattern is"),
+        ({"sub": 7}, '"sub" must be a string'),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            Principal.from_claims(claims)
+
+
 # -- tokens ----------------------------------------------------------------------------------
 
 
