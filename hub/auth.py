@@ -28,15 +28,22 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import jwt
 from starlette.requests import cookie_parser
 
 from .errors import RequestError
 
-if TYPE_CHECKING:
-    from .registry import Definition
+
+class Definition(Protocol):
+    """What authorization needs of a stream (`hub.registry.Definition`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def public(self) -> bool: ...
 
 __all__ = [
     "COOKIE",
