@@ -9,7 +9,7 @@ import logging
 import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from support import TIMEOUT
 
-from hub import Hub, Principal, Registry, Settings
+from hub import Event, Hub, PluginError, Principal, Registry, Settings, stream
 from hub.auth import Auth, AuthConfigError, redact
 from hub.cli import main
 from hub.subscription import RequestError
@@ -586,3 +586,29 @@ async def test_a_hub_without_auth_on_a_public_interface_warns(caplog: Any) -> No
 
 def test_the_secret_stays_out_of_repr() -> None:
     assert KEY not in repr(Settings(auth_key=KEY))
+
+
+class Nothing(Event):
+    pass
+
+
+def test_a_principal_parameter_is_checked_when_the_plugin_loads() -> None:
+    with pytest.raises(PluginError, match="only one parameter may be a Principal"):
+
+        @stream("two_callers")
+        async def two(a: Principal, b: Principal | None) -> AsyncIterator[Nothing]:
+            yield Nothing()
+
+    with pytest.raises(PluginError, match="cannot take parameters"):
+
+        @stream("shared_caller", shared=True)
+        async def shared(me: Principal | None) -> AsyncIterator[Nothing]:
+            yield Nothing()
+
+    @stream("fine")
+    async def fine(me: Principal | None, limit: int = 3) -> AsyncIterator[Nothing]:
+        yield Nothing()
+
+    # Not a query parameter: the catalog does not list it.
+    assert set(fine.parameters.model_fields) == {"count", "limit"}
+    assert fine.principal_parameter == "me" and not fine.principal_required
