@@ -18,6 +18,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support import TIMEOUT
 
 from hub import Event, Hub, PluginError, Principal, Registry, Settings, stream
@@ -612,3 +614,51 @@ def test_a_principal_parameter_is_checked_when_the_plugin_loads() -> None:
     # Not a query parameter: the catalog does not list it.
     assert set(fine.parameters.model_fields) == {"count", "limit"}
     assert fine.principal_parameter == "me" and not fine.principal_required
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+_json_ish = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=12,
+)
+_segment = st.one_of(
+    st.text(max_size=60),
+    _json_ish.map(lambda value: _b64(json.dumps(value).encode())),
+    st.binary(max_size=60).map(_b64),
+    st.just(_b64(b"[" * 3000 + b"]" * 3000)),
+)
+_FUZZ_AUTHS = {
+    "HS256": Auth(key=KEY.encode()),
+    "RS256": Auth(public_key=_keys("RS256")[1]),
+    "ES256": Auth(public_key=_keys("ES256")[1]),
+}
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(
+    header=st.one_of(
+        _segment,
+        st.sampled_from(["RS256", "ES256", "HS256", "none", "PS256", "EdDSA"]).map(
+            lambda alg: _b64(json.dumps({"alg": alg, "typ": "JWT"}).encode())
+        ),
+    ),
+    payload=_segment,
+    signature=st.one_of(st.text(max_size=100), st.binary(max_size=300).map(_b64)),
+    dots=st.integers(0, 4),
+)
+def test_no_token_is_anything_but_a_401(
+    header: str, payload: str, signature: str, dots: int
+) -> None:
+    token = ".".join([header, payload, signature][: max(dots, 1)]) + "." * max(dots - 2, 0)
+    for auth in _FUZZ_AUTHS.values():
+        with pytest.raises(RequestError) as refused:
+            auth.verify(token)
+        assert refused.value.status == 401
+        if len(token) > 20:  # the message never repeats the token
+            assert token not in refused.value.message
