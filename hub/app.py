@@ -386,6 +386,12 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             alias="Last-Event-ID",
             description="The cursor to resume from; wins over the query.",
         ),
+        access_token: str | None = Query(
+            None,
+            description="With authorization on: the token, for clients that cannot set "
+            "`Authorization: Bearer` nor the `hub_token` cookie (both win over it). Never "
+            "logged.",
+        ),
     ) -> SSEResponse:
         # Requests are served by HubApp.__call__ before they reach here; this route documents
         # /events and answers where the app is mounted without it.
