@@ -24,7 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="small numbers, hub only, under a minute (writes bench/RESULTS-quick.md)",
+        help="small numbers, hub only (with and without auth), under a minute "
+        "(writes bench/RESULTS-quick.md)",
     )
     parser.add_argument(
         "--only",

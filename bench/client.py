@@ -14,12 +14,18 @@ its own event loop (uvloop when importable), driven over a pipe: connect, then `
 
 `first_frames` (request to first `data:` on fresh connections) and `publish` (POSTs at a fixed
 rate over one keep-alive connection) run in the calling process.
+
+Against a hub with authorization on (`auth_key` given), every connection sends a token of its
+own (`Authorization: Bearer`, a `sub` of its own), minted before it connects: minting is the
+back end's work, verifying the hub's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
+import itertools
 import multiprocessing
 import os
 import resource
@@ -30,9 +36,12 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar, cast
 
+import jwt
+
 T = TypeVar("T")
 
 SENT_AT = b'"sent_at":'
+SUBSCRIBERS = itertools.count()  # this process's subscriber tokens so far: each `sub` differs
 MAX_TAIL = 1 << 20  # an incomplete frame longer than this means the stream is not SSE
 
 
@@ -63,11 +72,29 @@ def run(main: Coroutine[Any, Any, T]) -> T:
         return runner.run(main)
 
 
-def request(path: str, port: int) -> bytes:
+def request(path: str, port: int, token: str | None = None) -> bytes:
+    authorization = f"Authorization: Bearer {token}\r\n" if token else ""
     return (
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{authorization}"
         "Accept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
     ).encode()
+
+
+def token(key: str | None, sub: str, *, publish: bool = False) -> str | None:
+    """A token for a hub that verifies with `key` (None without authorization): every stream
+    to read, and every topic to publish to if `publish`, for an hour."""
+    if key is None:
+        return None
+    grants = {"subscribe": ["*"], "publish": ["*"] if publish else []}
+    claims = {"sub": sub, "exp": int(time.time()) + 3600, "hub": grants}
+    return jwt.encode(claims, key, "HS256")
+
+
+def subscriber_request(path: str, port: int, key: str | None) -> bytes:
+    """The request of one subscriber; given `key`, with a token of its own (a `sub` no other
+    connection of the run has: this process's id and a counter)."""
+    sub = f"user-{os.getpid()}-{next(SUBSCRIBERS)}"
+    return request(path, port, token(key, sub))
 
 
 class Tally:
@@ -256,6 +283,7 @@ class Job:
     # figures, where the client's cost per read must not become the limit. 0 for latency.
     pause: float = 0.0
     concurrency: int = 256  # connections being opened at once, per process
+    auth_key: str | None = None  # the hub's HS256 key: each connection sends its own token
     connect_timeout: float = 120.0  # for the whole connect phase
     lifetime: float = 900.0  # a worker ends by itself after this long, whatever happens
 
@@ -336,12 +364,19 @@ async def _work(connection: Connection, job: Job) -> None:
     give_up = loop.time() + job.lifetime
     pipe = Pipe(connection)
     tally = Tally()
-    payload = request(job.path, job.port)
+    # Every request is made before the first connect: minting a token is the back end's
+    # work, not the hub's, and must not slow the connects or fall in a counting window.
+    plain = request(job.path, job.port)
+    payloads = [
+        subscriber_request(job.path, job.port, job.auth_key)
+        for _ in range(job.connections if job.auth_key else 0)
+    ]
     protocols: list[SSEProtocol] = []
     report = Report()
     semaphore = asyncio.Semaphore(job.concurrency)
 
     def factory() -> SSEProtocol:
+        payload = payloads.pop() if payloads else plain
         return SSEProtocol(
             payload, tally, latency=job.latency, by_name=job.by_name, pause=job.pause
         )
@@ -524,15 +559,19 @@ class _FirstFrame(asyncio.Protocol):
             self.result.set_exception(exc or ConnectionError("closed before the first frame"))
 
 
-async def first_frames(port: int, path: str, count: int, timeout: float = 5.0) -> list[float]:
+async def first_frames(
+    port: int, path: str, count: int, timeout: float = 5.0, auth_key: str | None = None
+) -> list[float]:
     """Seconds from writing the request to the first `data:` line, on `count` fresh
-    connections one after the other. A failed request raises."""
+    connections one after the other (each with a token of its own, given `auth_key`). A
+    failed request raises."""
     loop = asyncio.get_running_loop()
-    payload = request(path, port)
+    payloads = [subscriber_request(path, port, auth_key) for _ in range(count)]
     times = []
-    for _ in range(count):
+    for payload in payloads:
         transport, protocol = await asyncio.wait_for(
-            loop.create_connection(lambda: _FirstFrame(payload), "127.0.0.1", port), timeout
+            loop.create_connection(functools.partial(_FirstFrame, payload), "127.0.0.1", port),
+            timeout,
         )
         try:
             times.append(await asyncio.wait_for(protocol.result, timeout))
@@ -585,14 +624,18 @@ async def publish(
     body: Callable[[int, float], bytes],
     connections: int = 8,
     timeout: float = 30.0,
+    auth_key: str | None = None,
 ) -> PublishLog:
     """POST `count` bodies to `path`, `rate` per second on a fixed schedule.
 
     Each publish goes out at its time on an idle keep-alive connection (at most
     `connections` of them), so a slow response does not hold back the next publish and the
     offered rate stays `rate`. `body(seq, sent_at)` makes each body; `sent_at` is
-    `time.time()` taken just before the request is written.
+    `time.time()` taken just before the request is written. Given `auth_key`, the publisher
+    sends a token that grants it every topic.
     """
+    credentials = token(auth_key, "publisher", publish=True)
+    authorization = f"Authorization: Bearer {credentials}\r\n" if credentials else ""
     log = PublishLog()
     loop = asyncio.get_running_loop()
     idle: list[Stream] = []
@@ -604,7 +647,7 @@ async def publish(
         sent_at = time.time()
         data = body(seq, sent_at)
         head = (
-            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{authorization}"
             f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
         )
         writer.write(head.encode() + data)

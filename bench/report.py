@@ -14,6 +14,8 @@ from importlib import metadata
 from pathlib import Path
 
 HUB = "hub"
+# The hub with authorization on, every subscriber with a token of its own.
+HUB_AUTH = "hub, auth"
 PACKAGES = (
     "hub",
     "uvicorn",
@@ -25,6 +27,7 @@ PACKAGES = (
     "pydantic",
     "pydantic-core",
     "aiostream",
+    "pyjwt",
 )
 
 
@@ -110,7 +113,7 @@ def table(results: Results, scenario: Scenario, runs: int) -> list[str]:
         f"| case | figure | server | median | range of {runs} runs (min - max) | hub / anchor |",
         "| --- | --- | --- | ---: | ---: | ---: |",
     ]
-    order = {name: i for i, name in enumerate((HUB, *scenario.anchors))}
+    order = {name: i for i, name in enumerate((HUB, HUB_AUTH, *scenario.anchors))}
     groups: dict[tuple[str, str], list[Row]] = {}
     for row in rows:
         groups.setdefault((row.case, row.metric), []).append(row)

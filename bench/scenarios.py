@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.client import Job, LoadClient, Report, first_frames, publish
-from bench.report import HUB, Results, Scenario
+from bench.report import HUB, HUB_AUTH, Results, Scenario
 from bench.servers import (
+    AUTH_KEY,
     Server,
     forget_run,
     hub_command,
@@ -29,6 +30,7 @@ from bench.servers import (
     redis_url_for_run,
     start_bare,
     start_hub,
+    start_hub_auth,
     start_nchan,
     start_sse,
     startup_time,
@@ -39,6 +41,7 @@ SSE = "sse-starlette"
 NCHAN = "nchan"
 STARTERS: dict[str, Callable[[], Awaitable[Server]]] = {
     HUB: start_hub,
+    HUB_AUTH: start_hub_auth,
     BARE: start_bare,
     SSE: start_sse,
     NCHAN: start_nchan,
@@ -80,7 +83,8 @@ class Plan:
     def describe(self) -> list[str]:
         sizes = ", ".join(f"{n:,}" for n in self.fanout_sizes)
         return [
-            f"{'quick mode: hub only' if self.quick else 'full run: hub and anchors'}, "
+            f"{'quick mode: hub only' if self.quick else 'full run: hub and anchors'} "
+            f"(the hub also as `{HUB_AUTH}`: authorization on, a token per subscriber), "
             f"{self.runs} run(s) per figure, a fresh server process for each",
             f"firehose and merge: {self.warmup_seconds} s warm-up, then {self.stream_seconds} s "
             "counted",
@@ -180,7 +184,9 @@ async def each_run(
 
 
 def _servers(plan: Plan, results: Results, scenario: str, anchors: tuple[str, ...]) -> list[str]:
-    servers = [HUB]
+    """The hub, the hub with authorization on (quick mode too: what auth costs is a hub
+    figure), and the anchors of the scenario (not in quick mode)."""
+    servers = [HUB, HUB_AUTH]
     for anchor in anchors if plan.anchors else ():
         missing = nchan_missing() if anchor == NCHAN else None
         if missing:
@@ -220,9 +226,18 @@ def _client_note(
         results.note(scenario, f"{name}: the server closed {report.dropped} connection(s)")
 
 
-async def _count_for(plan: Plan, port: int, path: str, *, by_name: bool = False) -> Report:
+def _key(name: str) -> str | None:
+    """The key of the tokens that server `name` verifies, if it verifies any."""
+    return AUTH_KEY if name == HUB_AUTH else None
+
+
+async def _count_for(
+    plan: Plan, port: int, path: str, *, by_name: bool = False, auth_key: str | None = None
+) -> Report:
     """One connection: events received in `plan.stream_seconds`, after a warm-up."""
-    job = Job(port, path, 1, by_name=by_name, pause=READ_PAUSE, connect_timeout=15)
+    job = Job(
+        port, path, 1, by_name=by_name, pause=READ_PAUSE, connect_timeout=15, auth_key=auth_key
+    )
     async with LoadClient(job, 1) as client:
         if client.connected != 1:
             raise RuntimeError(f"could not subscribe: {client.errors}")
@@ -249,9 +264,10 @@ async def firehose(plan: Plan, results: Results) -> None:
         BARE: "/events?streams=echo,reverse_echo",
         SSE: "/events?interval=0",
     }
+    paths[HUB_AUTH] = paths[HUB]
 
     async def measure(name: str, server: Server) -> str:
-        report = await _count_for(plan, server.port, paths[name])
+        report = await _count_for(plan, server.port, paths[name], auth_key=_key(name))
         rate = report.events / report.elapsed
         results.add("firehose", "1 client", "events/s", name, rate)
         _client_note(results, "firehose", name, report)
@@ -276,9 +292,10 @@ MERGE = Scenario(
 async def merge(plan: Plan, results: Results) -> None:
     selection = ",".join(MERGE_STREAMS)
     paths = {HUB: f"/events?streams={selection}&interval=0", BARE: f"/events?streams={selection}"}
+    paths[HUB_AUTH] = paths[HUB]
 
     async def measure(name: str, server: Server) -> str:
-        report = await _count_for(plan, server.port, paths[name], by_name=True)
+        report = await _count_for(plan, server.port, paths[name], by_name=True, auth_key=_key(name))
         rate = report.events / report.elapsed
         shares = [report.names.get(stream, 0) for stream in MERGE_STREAMS]
         fairness = min(shares) / max(shares) if max(shares) else 0.0
@@ -310,8 +327,9 @@ def _body(seq: int, sent_at: float) -> bytes:
 
 
 async def fanout(plan: Plan, results: Results) -> None:
-    subscribe = {HUB: "/events?streams=bench", NCHAN: "/sub"}
+    subscribe = {HUB: "/events?streams=bench", HUB_AUTH: "/events?streams=bench", NCHAN: "/sub"}
     publish_to = {HUB: "/streams/bench/events", NCHAN: "/pub"}
+    publish_to[HUB_AUTH] = publish_to[HUB]
 
     for size in plan.fanout_sizes:
         case = f"{size:,} subscribers"
@@ -346,7 +364,14 @@ async def _fan_out(
         clients = [
             await stack.enter_async_context(
                 LoadClient(
-                    Job(server.port, subscribe, share, latency=True, connect_timeout=240),
+                    Job(
+                        server.port,
+                        subscribe,
+                        share,
+                        latency=True,
+                        connect_timeout=240,
+                        auth_key=_key(name),
+                    ),
                     processes,
                 )
             )
@@ -362,7 +387,14 @@ async def _fan_out(
             await client.reset()
         cpu, started = sum(s.cpu_seconds() for s in servers), time.perf_counter()
         machine = machine_busy()
-        sent = await publish(servers[0].port, publish_to, plan.publish_rate, publishes, _body)
+        sent = await publish(
+            servers[0].port,
+            publish_to,
+            plan.publish_rate,
+            publishes,
+            _body,
+            auth_key=_key(name),
+        )
         window = time.perf_counter() - started
         cpu = sum(s.cpu_seconds() for s in servers) - cpu
         results.observe(
@@ -466,15 +498,17 @@ IDLE = Scenario(
 
 async def idle(plan: Plan, results: Results) -> None:
     paths = {HUB: "/events?streams=quiet", NCHAN: "/idle", SSE: "/idle"}
+    paths[HUB_AUTH] = paths[HUB]
     size = plan.idle_subscribers
     case = f"{size:,} subscribers"
 
     async def measure(name: str, server: Server) -> str:
-        async with LoadClient(Job(server.port, paths[name], 10, connect_timeout=30), 1) as warm:
+        warming = Job(server.port, paths[name], 10, connect_timeout=30, auth_key=_key(name))
+        async with LoadClient(warming, 1) as warm:
             await warm.stop()
         await asyncio.sleep(0.5)
         before = server.rss_bytes()
-        job = Job(server.port, paths[name], size, connect_timeout=240)
+        job = Job(server.port, paths[name], size, connect_timeout=240, auth_key=_key(name))
         async with LoadClient(job, plan.processes) as client:
             await asyncio.sleep(1.0)
             after = server.rss_bytes()
@@ -507,10 +541,14 @@ async def first_frame(plan: Plan, results: Results) -> None:
         BARE: "/events?streams=echo&count=1",
         SSE: "/events?count=1",
     }
+    paths[HUB_AUTH] = paths[HUB]
 
     async def measure(name: str, server: Server) -> str:
-        await first_frames(server.port, paths[name], 5)
-        times = sorted(await first_frames(server.port, paths[name], plan.first_frame_requests))
+        key, path = _key(name), paths[name]
+        await first_frames(server.port, path, 5, auth_key=key)
+        times = sorted(
+            await first_frames(server.port, path, plan.first_frame_requests, auth_key=key)
+        )
         p50, p99 = percentile(times, 0.5) * 1000, percentile(times, 0.99) * 1000
         results.add("first-frame", "echo, count=1", "p50 (ms)", name, p50)
         results.add("first-frame", "echo, count=1", "p99 (ms)", name, p99)

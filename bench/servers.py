@@ -67,9 +67,17 @@ def _environment() -> dict[str, str]:
 class Server:
     """A child process serving HTTP on 127.0.0.1:`port`."""
 
-    def __init__(self, name: str, command: Sequence[str], port: int, tmp: Path | None = None):
+    def __init__(
+        self,
+        name: str,
+        command: Sequence[str],
+        port: int,
+        tmp: Path | None = None,
+        env: dict[str, str] | None = None,
+    ):
         self.name = name
         self.command = list(command)
+        self.env = env or {}
         self.port = port
         self.tmp = tmp
         self.process: asyncio.subprocess.Process | None = None
@@ -90,7 +98,7 @@ class Server:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             cwd=PROJECT,
-            env=_environment(),
+            env={**_environment(), **self.env},
             start_new_session=True,  # a Ctrl-C in the terminal reaches only the kit
         )
         self._drain = asyncio.create_task(self._read())
@@ -220,9 +228,19 @@ async def _started(server: Server, path: str | None = None) -> Server:
     return server
 
 
-async def start_hub(broker: str | None = None) -> Server:
+# The HS256 key of the hub with authorization on (`start_hub_auth`), given by environment.
+AUTH_KEY = secrets.token_urlsafe(32)
+
+
+async def start_hub_auth() -> Server:
+    """The hub as `start_hub` starts it, with authorization on: every stream needs a token."""
+    return await start_hub(auth_key=AUTH_KEY)
+
+
+async def start_hub(broker: str | None = None, auth_key: str | None = None) -> Server:
     """The hub with its built-in streams and the bench plugin, without an access log; on
-    `broker` if given (else the embedded memory broker)."""
+    `broker` if given (else the embedded memory broker); with authorization on, given the
+    `auth_key` of its tokens."""
     port = free_port()
     command = [
         *hub_command(),
@@ -238,7 +256,8 @@ async def start_hub(broker: str | None = None) -> Server:
         "warning",
         *(["--broker", broker] if broker else []),
     ]
-    return await _started(Server("hub", command, port), "/health")
+    env = {"HUB_AUTH_KEY": auth_key} if auth_key else None
+    return await _started(Server("hub", command, port, env=env), "/health")
 
 
 async def start_bare() -> Server:

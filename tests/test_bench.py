@@ -77,8 +77,17 @@ def test_quick_mode_measures_every_scenario_of_the_hub(tmp_path: Path, redis_ser
     cluster = {key[2]: value for key, value in figures.items() if key[0] == "cluster"}
     assert cluster["delivered (fraction)"] == 1.0
     assert 0 < cluster["p50 latency (ms)"] <= cluster["p99 latency (ms)"]
-    # Quick mode runs the hub alone, no anchor; the cluster scenario only its two processes.
-    assert {key[3] for key in figures if key[0] != "cluster"} == {"hub"}
+    # Quick mode runs the hub alone, no anchor, and beside it the hub with authorization on
+    # (every subscriber with a token), which gets as far; the cluster scenario runs only its
+    # two processes.
+    servers = {(key[0], key[3]) for key in figures if key[0] != "cluster"}
+    assert servers == {
+        (scenario, server)
+        for scenario in ("firehose", "merge", "fanout", "idle", "first-frame")
+        for server in ("hub", "hub, auth")
+    } | {("startup", "hub")}
+    assert figures[("fanout", "100 subscribers", "delivered (fraction)", "hub, auth")] == 1.0
+    assert figures[("firehose", "1 client", "events/s", "hub, auth")] > 0
     assert {key[3] for key in figures if key[0] == "cluster"} == {"2 hubs, redis"}
 
 
