@@ -218,16 +218,18 @@ class Hub:
         """The topic `name` if `access` (trusted code when None) may publish to it; else a
         404 for a stream it may not see, a 403 without the grant, a 405 for no topic."""
         access = access if access is not None else _TRUSTED
-        # The topics named in a refusal: those this caller may publish to.
-        seen = [t for t, d in self.topics.items() if not d.producer and access.may_publish(d)]
+
+        def topics() -> list[str]:  # named in a refusal: those this caller may publish to
+            return [t for t, d in self.topics.items() if not d.producer and access.may_publish(d)]
+
         definition = self.registry[name] if name in self.registry else None
         if definition is None or not access.sees(definition):
             raise RequestError(
                 404,
                 "unknown_stream",
-                f"unknown stream {name!r}; topics: {', '.join(seen) or '(none)'}",
+                f"unknown stream {name!r}; topics: {', '.join(topics()) or '(none)'}",
                 unknown=[name],
-                available=seen,
+                available=topics(),
             )
         access.check_publish(definition)
         if not isinstance(definition, Topic) or definition.producer is not None:
@@ -236,7 +238,7 @@ class Hub:
                 405,
                 "not_publishable",
                 f"stream {name!r} is {what}; only topics accept published events "
-                f"(topics: {', '.join(seen)})",
+                f"(topics: {', '.join(topics())})",
             )
         return definition
 
