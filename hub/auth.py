@@ -12,10 +12,12 @@ stream needs a subscribe grant, and publishing always needs a publish grant.
 
 Every decision is made once per request, before anything opens: an `Access` is one caller's
 view of the hub, made from the request's token (`Auth.access`), and asked by the parse step,
-the catalog and the publish route. A token is verified once per request and kept by nothing
-but what the request opens: a subscriber holds its token's expiry (and its `Principal`, if a
-stream takes it), nothing more. Nothing here does I/O: the key comes in as bytes. Query
-tokens are kept out of the logs (`redact`, `RedactTokens`).
+the catalog and the publish route. A token is verified once per request; the last
+`RECENT_TOKENS` verified are remembered until they expire, so that a publisher that sends the
+same token with every POST pays for the signature once, not each time (a subscriber holds
+only its token's expiry, and its `Principal` if a stream takes it). Nothing here does I/O:
+the key comes in as bytes. Query tokens are kept out of the logs (`redact`,
+`RedactTokens`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import fnmatch
 import functools
 import logging
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -61,6 +64,8 @@ COOKIE = "hub_token"
 QUERY_PARAMETER = "access_token"
 # The shortest HS256 secret accepted: RFC 7518 asks for a key as long as the hash (256 bits).
 MIN_SECRET_BYTES = 32
+# Verified tokens remembered (a kilobyte or so each), the oldest dropped first.
+RECENT_TOKENS = 256
 # A grant pattern's longest form, and the most patterns a token may carry per action.
 MAX_PATTERN_LENGTH = 256
 MAX_PATTERNS = 256
@@ -234,6 +239,7 @@ class Auth:
         elif public_key is not None:
             self._key, self.algorithms = _public_key(public_key)
         self._public_match = _matcher(self.public_patterns) if self.public_patterns else None
+        self._recent: dict[str, Principal] = {}
         self._open = Access(self, None, token_sent=False)
 
     @classmethod
@@ -285,10 +291,19 @@ class Auth:
 
     def verify(self, token: str) -> Principal:
         """The principal of a valid token, or a 401 saying what is wrong with it."""
+        known = self._recent.get(token)
+        if known is not None:
+            if known.expires is None or time.time() < known.expires:
+                return known
+            del self._recent[token]
         try:
-            return self._decode(token)
+            principal = self._decode(token)
         except _TokenError as exc:
             raise unauthorized(str(exc), token_sent=True) from None
+        if len(self._recent) >= RECENT_TOKENS:
+            del self._recent[next(iter(self._recent))]
+        self._recent[token] = principal
+        return principal
 
     def _decode(self, token: str) -> Principal:
         try:

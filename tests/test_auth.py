@@ -662,3 +662,21 @@ def test_no_token_is_anything_but_a_401(
         assert refused.value.status == 401
         if len(token) > 20:  # the message never repeats the token
             assert token not in refused.value.message
+
+
+def test_recent_tokens_are_remembered_until_they_expire(monkeypatch: pytest.MonkeyPatch) -> None:
+    import hub.auth
+
+    auth = Auth(key=KEY.encode(), audience=AUDIENCE, issuer=ISSUER, leeway=0)
+    token = mint(subscribe=["room"], expires_in=100)
+    first = auth.verify(token)
+    assert auth.verify(token) is first  # a publisher's next POST: no second signature check
+    later = time.time() + 200
+    monkeypatch.setattr(hub.auth.time, "time", lambda: later)
+    # Past its expiry the remembered principal is not used: the token is verified afresh
+    # (here pyjwt's own clock still accepts it, so a new principal comes back).
+    assert auth.verify(token) is not first
+    monkeypatch.undo()
+    for n in range(hub.auth.RECENT_TOKENS + 50):
+        auth.verify(mint(f"user{n}", subscribe=["room"]))
+    assert len(auth._recent) == hub.auth.RECENT_TOKENS
