@@ -195,10 +195,8 @@ def forbidden(message: str, streams: Sequence[str]) -> RequestError:
 
 
 class Auth:
-    """The hub's authorization: its key and checks, and which streams are public.
-
-    `Auth.off()` lets everyone do everything, as the hub does without a key.
-    """
+    """The hub's authorization: its key and checks, and which streams are public. Without a
+    key (`Auth()`) it is off: everyone may do everything."""
 
     def __init__(
         self,
@@ -240,11 +238,7 @@ class Auth:
             self._key, self.algorithms = _public_key(public_key)
         self._public_match = _matcher(self.public_patterns) if self.public_patterns else None
         self._recent: dict[str, Principal] = {}
-        self._open = Access(self, None, token_sent=False)
-
-    @classmethod
-    def off(cls) -> Auth:
-        return cls()
+        self._open = Access(self, None)
 
     def describe(self) -> str:
         if not self.enabled:
@@ -283,11 +277,11 @@ class Auth:
         token = _token(headers, query_token)
         if token is None:
             return self._open
-        return Access(self, self.verify(token), token_sent=True)
+        return Access(self, self.verify(token))
 
     def access_for(self, principal: Principal | None) -> Access:
         """The access of a caller already known (`hub.testing`, an app's own route)."""
-        return Access(self, principal, token_sent=principal is not None)
+        return Access(self, principal)
 
     def verify(self, token: str) -> Principal:
         """The principal of a valid token, or a 401 saying what is wrong with it."""
@@ -388,7 +382,6 @@ class Access:
 
     auth: Auth | None
     principal: Principal | None
-    token_sent: bool = False
 
     @property
     def expires(self) -> float | None:
