@@ -6,7 +6,9 @@ a caller proves who it is with a JWT whose claim `hub` holds its grants:
     {"sub": "ana", "exp": 1767225600,
      "hub": {"subscribe": ["chat", "acme_*"], "publish": ["chat"]}}
 
-A grant is a stream name or a glob where `*` stands for any run of characters. Public
+A grant is a stream name or a glob where `*` stands for any run of characters, and `{sub}`
+for the token's own `sub` (`"inbox_{sub}"`: each user their own; a `sub` that could not be
+part of a name, `*` in it for one, makes such a pattern match nothing). Public
 streams (`public=True` in code, or `--public PATTERN`) may be read without a token; every other
 stream needs a subscribe grant, and publishing always needs a publish grant.
 
@@ -70,6 +72,9 @@ RECENT_TOKENS = 256
 MAX_PATTERN_LENGTH = 256
 MAX_PATTERNS = 256
 _PATTERN_SYNTAX = re.compile(r"[A-Za-z0-9_~*/{}.-]+")
+# What `{sub}` may stand for in a grant: a key's text (1 to 128 of A-Z a-z 0-9 _ - ~), which
+# can neither widen a pattern (no `*`) nor step out of a name.
+_KEY_SYNTAX = re.compile(r"[A-Za-z0-9_~-]{1,128}")
 
 
 class AuthConfigError(ValueError):
@@ -113,14 +118,27 @@ class Principal:
 
     def may_subscribe(self, name: str) -> bool:
         """Whether a grant of this caller lets it read the stream `name`."""
-        return bool(self.subscribe) and _matcher(self.subscribe)(name) is not None
+        patterns = _expanded(self.subscribe, self.sub)
+        return bool(patterns) and _matcher(patterns)(name) is not None
 
     def may_publish(self, name: str) -> bool:
         """Whether a grant of this caller lets it publish to the topic `name`."""
-        return bool(self.publish) and _matcher(self.publish)(name) is not None
+        patterns = _expanded(self.publish, self.sub)
+        return bool(patterns) and _matcher(patterns)(name) is not None
 
     def __repr__(self) -> str:
         return f"Principal(sub={self.sub!r}, subscribe={self.subscribe}, publish={self.publish})"
+
+
+@functools.lru_cache(maxsize=1024)
+def _expanded(patterns: tuple[str, ...], sub: str | None) -> tuple[str, ...]:
+    """The patterns with `{sub}` standing for the caller's `sub` (`"inbox_{sub}"`); a
+    pattern with `{sub}` matches nothing when the `sub` is not a valid key."""
+    if not any("{sub}" in pattern for pattern in patterns):
+        return patterns
+    if sub is None or not _KEY_SYNTAX.fullmatch(sub):
+        return tuple(pattern for pattern in patterns if "{sub}" not in pattern)
+    return tuple(pattern.replace("{sub}", sub) for pattern in patterns)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -209,6 +209,26 @@ def test_grant_patterns() -> None:
     assert not stars.may_subscribe("a" * 64)
 
 
+def test_sub_in_a_grant_stands_for_the_callers_own() -> None:
+    ana = Principal(sub="ana", subscribe=("inbox_{sub}", "news"), publish=("outbox_{sub}",))
+    assert ana.may_subscribe("inbox_ana") and ana.may_subscribe("news")
+    assert not ana.may_subscribe("inbox_bob") and not ana.may_subscribe("inbox_{sub}")
+    assert ana.may_publish("outbox_ana") and not ana.may_publish("outbox_bob")
+    # A sub that could widen the pattern or step out of a name makes it match nothing.
+    for sub in ["*", "a*", "a/b", "", "x" * 129, None]:
+        other = Principal(sub=sub, subscribe=("inbox_{sub}", "news"))
+        assert not other.may_subscribe("inbox_a") and not other.may_subscribe("inbox_ab")
+        assert other.may_subscribe("news")  # the patterns without {sub} still hold
+
+
+def test_one_user_is_refused_anothers_stream(server: HubServer) -> None:
+    orders = mint("orders", subscribe=["acme_{sub}"])
+    assert status_of(server, "acme_orders", headers=bearer(orders))[0] == 200
+    status, body, _ = status_of(server, "acme_bills", headers=bearer(orders))
+    assert status == 403 and body["error"]["streams"] == ["acme_bills"]
+    assert catalog(server, bearer(orders)) == ["acme_orders", "inbox", "news", "status", "whoami"]
+
+
 def test_grants_in_the_token_are_checked() -> None:
     assert Principal.from_claims({"sub": "a", "hub": {"subscribe": ["x*"]}}).subscribe == ("x*",)
     for claims, why in [
