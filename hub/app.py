@@ -32,7 +32,12 @@ from .registry import Definition, Registry, Topic
 from .runtime import Hub
 from .settings import Settings
 from .sse import SSEResponse
-from .subscription import HUB_QUERY_PARAMETERS, parse_subscription, split_streams
+from .subscription import (
+    HUB_QUERY_PARAMETERS,
+    available_streams,
+    parse_subscription,
+    split_streams,
+)
 
 __all__ = ["HubApp", "create_app", "create_app_from_env"]
 
@@ -468,7 +473,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         if name in described and access.sees(registry[name]):
             return described[name]
         # A stream the caller may not see is as unknown as one that does not exist.
-        available = [d.name for d in registry if access.sees(d)]
+        available = available_streams(registry, access)
         raise RequestError(
             404,
             "unknown_stream",

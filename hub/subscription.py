@@ -16,7 +16,14 @@ from .cursor import CursorError, parse_cursor
 from .errors import RequestError
 from .registry import Definition, Registry, Stream, Topic
 
-__all__ = ["RequestError", "Selected", "Subscription", "parse_subscription", "split_streams"]
+__all__ = [
+    "RequestError",
+    "Selected",
+    "Subscription",
+    "available_streams",
+    "parse_subscription",
+    "split_streams",
+]
 
 # Query parameters read by the hub itself rather than passed to streams.
 HUB_QUERY_PARAMETERS = frozenset({"streams", "last_event_id", "access_token"})
@@ -82,7 +89,7 @@ def parse_subscription(
     streams it may not see are never named; the principal reaches the streams that ask.
     """
     if not names:
-        available = _available(registry, access)
+        available = available_streams(registry, access)
         raise RequestError(
             400,
             "missing_streams",
@@ -99,7 +106,7 @@ def parse_subscription(
         )
     unknown = [name for name in names if name not in registry]
     if unknown:
-        available = _available(registry, access)
+        available = available_streams(registry, access)
         listed = ", ".join(repr(name) for name in unknown)
         raise RequestError(
             404,
@@ -146,8 +153,8 @@ def parse_subscription(
     return Subscription(tuple(selected), start)
 
 
-def _available(registry: Registry, access: Access | None) -> list[str]:
-    """The streams a refusal may name: those the caller may see."""
+def available_streams(registry: Registry, access: Access | None) -> list[str]:
+    """The streams a refusal may name: those the caller may see (all, without `access`)."""
     if access is None:
         return registry.names()
     return [d.name for d in registry if access.sees(d)]
