@@ -118,12 +118,14 @@ class Principal:
 
     def may_subscribe(self, name: str) -> bool:
         """Whether a grant of this caller lets it read the stream `name`."""
-        patterns = _expanded(self.subscribe, self.sub)
-        return bool(patterns) and _matcher(patterns)(name) is not None
+        return self._granted(self.subscribe, name)
 
     def may_publish(self, name: str) -> bool:
         """Whether a grant of this caller lets it publish to the topic `name`."""
-        patterns = _expanded(self.publish, self.sub)
+        return self._granted(self.publish, name)
+
+    def _granted(self, grants: tuple[str, ...], name: str) -> bool:
+        patterns = _expanded(grants, self.sub)
         return bool(patterns) and _matcher(patterns)(name) is not None
 
     def __repr__(self) -> str:
