@@ -313,7 +313,11 @@ def server() -> Iterator[HubServer]:
 
 @pytest.fixture(scope="module")
 def client(server: HubServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=TIMEOUT) as client:
+    # Idle connections are dropped after 1 s, well before the hub closes them (--keep-alive,
+    # 5 s): with httpx's default of 5 s too, a request could go out on a connection the hub
+    # was closing at that moment, and come back as a connection reset.
+    limits = httpx.Limits(keepalive_expiry=1.0)
+    with httpx.Client(base_url=server.url, timeout=TIMEOUT, limits=limits) as client:
         yield client
 
 
