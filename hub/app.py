@@ -34,9 +34,10 @@ from .settings import Settings
 from .sse import SSEResponse
 from .subscription import (
     HUB_QUERY_PARAMETERS,
-    available_streams,
+    find_stream,
     parse_subscription,
     split_streams,
+    unknown_stream,
 )
 
 __all__ = ["HubApp", "create_app", "create_app_from_env"]
@@ -63,6 +64,18 @@ class StreamInfo(BaseModel):
     history: int | None = Field(None, description="events a topic keeps for resume")
     max_age: float | None = Field(None, description="seconds a topic keeps an event, if bounded")
     publishable: bool = Field(description="accepts POST /streams/{name}/events")
+    keyed: bool = Field(
+        False,
+        description="a family of topics, one per key, each named `name/key` (`room/lobby`)",
+    )
+    key: dict[str, Any] | None = Field(
+        None, description="JSON Schema of a keyed family's keys (1 to 128 of A-Z a-z 0-9 _ - ~)"
+    )
+    position: str | None = Field(
+        default=None,
+        description="for one topic of a keyed family (GET /streams/{name}/{key}): the position "
+        "of its newest event, None if it has none",
+    )
 
 
 class Catalog(BaseModel):
@@ -83,6 +96,10 @@ class Health(BaseModel):
     open_streams: int = Field(description="stream sources open now, over all subscriptions")
     buffered: int = Field(description="live frames queued for subscribers, in all")
     max_buffered: int = Field(description="live frames queued for the most behind subscriber")
+    topics: int = Field(
+        description="topics this process holds (memory broker: keyed ones included, up to "
+        "--max-topics of those) or reads for its subscribers (Redis)"
+    )
     producers: list[str] = Field(description="shared streams whose producer runs here now")
     standby: list[str] = Field(
         description="shared streams wanted here whose producer runs in another process"
@@ -184,6 +201,8 @@ def describe(definition: Definition) -> StreamInfo:
         history=topic.config.history if topic else None,
         max_age=topic.config.max_age if topic else None,
         publishable=topic is not None and topic.producer is None,
+        keyed=topic is not None and topic.key_type is not None,
+        key=topic.key_schema() if topic else None,
     )
 
 
@@ -297,7 +316,8 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
                 404,
                 "not_found",
                 f"no route {request.url.path!r}; the hub serves /events, /streams, "
-                "/streams/{name}, /streams/{name}/events, /health and /docs",
+                "/streams/{name}, /streams/{name}/events (a keyed topic: /streams/{name}/{key} "
+                "and /streams/{name}/{key}/events), /health and /docs",
             )
         elif exc.status_code == 405:
             allowed = (exc.headers or {}).get("Allow", "")
@@ -427,7 +447,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         # Who may publish is settled before the body is read.
         access = access_of(request.scope)
         access.require_token("publishing")
-        hub.publishable(name, access)
+        name = hub.publishable(name, access).name  # `room/007` is `room/7`
         if not _is_json(request.headers.get("content-type", "")):
             raise RequestError(
                 415,
@@ -451,6 +471,15 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         body = f'{{"positions":{json.dumps(positions)},"ids":{ids}}}'
         return Response(body, 201, media_type="application/json")
 
+    @app.post(
+        "/streams/{name}/{key}/events",
+        status_code=201,
+        response_model=Published,
+        include_in_schema=False,  # each keyed family has its own path in the document
+    )
+    async def publish_keyed_events(name: str, key: str, request: Request) -> Response:
+        return await publish_events(f"{name}/{key}", request)
+
     @app.get(
         "/streams",
         summary="The catalog of streams",
@@ -473,14 +502,23 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         if name in described and access.sees(registry[name]):
             return described[name]
         # A stream the caller may not see is as unknown as one that does not exist.
-        available = available_streams(registry, access)
-        raise RequestError(
-            404,
-            "unknown_stream",
-            f"unknown stream {name!r}; available: {', '.join(available) or '(none)'}",
-            unknown=[name],
-            available=available,
-        )
+        raise unknown_stream(registry, [name], access)
+
+    @app.get(
+        "/streams/{name}/{key}",
+        summary="One topic of a keyed family",
+        description="The family's entry, named for the key, with the topic's newest position.",
+        responses={401: _ERRORS[401], 404: _ERRORS[404], 422: _ERRORS[422]},
+    )
+    async def get_keyed_stream(name: str, key: str, request: Request) -> StreamInfo:
+        topic = find_stream(registry, f"{name}/{key}", access_of(request.scope))
+        assert isinstance(topic, Topic) and topic.family is not None
+        try:
+            position = await hub.broker.position(topic.name)
+        except BrokerUnavailable as exc:
+            raise RequestError(503, "broker_unavailable", str(exc), retry_after=1) from None
+        info = described[topic.family.name]
+        return info.model_copy(update={"name": topic.name, "position": position})
 
     document = _Document(app, [t for t in hub.topics.values() if t.producer is None])
     app.openapi = document.full  # type: ignore[method-assign]
@@ -502,8 +540,8 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         producers, standby = hub.producers.names(), hub.producers.standing_by()
         if auth.enabled:  # shared streams named only to those who may see them
             access = access_of(request.scope)
-            producers = [n for n in producers if access.sees(registry[n])]
-            standby = [n for n in standby if access.sees(registry[n])]
+            producers = [n for n in producers if access.sees(registry.lookup(n))]
+            standby = [n for n in standby if access.sees(registry.lookup(n))]
         return Health(
             pid=os.getpid(),
             broker=hub.broker.url,
@@ -512,6 +550,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             open_streams=hub.activity.open_streams,
             buffered=buffered,
             max_buffered=most,
+            topics=hub.broker.topics(),
             producers=producers,
             standby=standby,
             connections=hub.limits.connections,
@@ -683,6 +722,19 @@ def _topic_path(
     operation["parameters"] = [
         p for p in operation.get("parameters", []) if p.get("name") != "name"
     ]
+    path = f"/streams/{topic.name}/events"
+    if topic.key_type is not None:
+        path = f"/streams/{topic.name}/{{key}}/events"
+        operation["summary"] = f"Publish events to a topic of {topic.name!r}"
+        operation["parameters"].append(
+            {
+                "name": "key",
+                "in": "path",
+                "required": True,
+                "description": "the topic's key: 1 to 128 of A-Z a-z 0-9 _ - ~",
+                "schema": topic.key_schema(),
+            }
+        )
     for status in ("404", "405"):
         operation["responses"].pop(status, None)
     body = {"oneOf": [event, {"type": "array", "items": event, "minItems": 1}]}
@@ -690,7 +742,7 @@ def _topic_path(
         "required": True,
         "content": {"application/json": {"schema": body}},
     }
-    return f"/streams/{topic.name}/events", operation, defs
+    return path, operation, defs
 
 
 def _open_files() -> int | None:

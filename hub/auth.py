@@ -49,6 +49,9 @@ class Definition(Protocol):
     @property
     def public(self) -> bool: ...
 
+    @property
+    def keyed(self) -> bool: ...
+
 
 __all__ = [
     "COOKIE",
@@ -72,9 +75,10 @@ RECENT_TOKENS = 256
 MAX_PATTERN_LENGTH = 256
 MAX_PATTERNS = 256
 _PATTERN_SYNTAX = re.compile(r"[A-Za-z0-9_~*/{}.-]+")
-# What `{sub}` may stand for in a grant: a key's text (1 to 128 of A-Z a-z 0-9 _ - ~), which
+# A key's text, in a keyed topic's name `family/key`: 1 to 128 of A-Z a-z 0-9 _ - ~, never in
+# need of quoting, in a cursor or a URL. It is also what `{sub}` may stand for in a grant: it
 # can neither widen a pattern (no `*`) nor step out of a name.
-_KEY_SYNTAX = re.compile(r"[A-Za-z0-9_~-]{1,128}")
+KEY_PATTERN = re.compile(r"[A-Za-z0-9_~-]{1,128}")
 
 
 class AuthConfigError(ValueError):
@@ -116,16 +120,20 @@ class Principal:
         expires = float(exp) + leeway if isinstance(exp, int | float) else None
         return cls(sub, claims, subscribe, publish, expires)
 
-    def may_subscribe(self, name: str) -> bool:
-        """Whether a grant of this caller lets it read the stream `name`."""
-        return self._granted(self.subscribe, name)
+    def may_subscribe(self, name: str, *, keyed: bool = False) -> bool:
+        """Whether a grant of this caller lets it read the stream `name` (with `keyed`: some
+        topic `name/<key>` of the keyed family `name`)."""
+        return self._granted(self.subscribe, name, keyed)
 
-    def may_publish(self, name: str) -> bool:
-        """Whether a grant of this caller lets it publish to the topic `name`."""
-        return self._granted(self.publish, name)
+    def may_publish(self, name: str, *, keyed: bool = False) -> bool:
+        """Whether a grant of this caller lets it publish to the topic `name` (with `keyed`:
+        to some topic of the family `name`)."""
+        return self._granted(self.publish, name, keyed)
 
-    def _granted(self, grants: tuple[str, ...], name: str) -> bool:
+    def _granted(self, grants: tuple[str, ...], name: str, keyed: bool = False) -> bool:
         patterns = _expanded(grants, self.sub)
+        if keyed:
+            return any(_reaches(pattern, name) for pattern in patterns)
         return bool(patterns) and _matcher(patterns)(name) is not None
 
     def __repr__(self) -> str:
@@ -138,7 +146,7 @@ def _expanded(patterns: tuple[str, ...], sub: str | None) -> tuple[str, ...]:
     pattern with `{sub}` matches nothing when the `sub` is not a valid key."""
     if not any("{sub}" in pattern for pattern in patterns):
         return patterns
-    if sub is None or not _KEY_SYNTAX.fullmatch(sub):
+    if sub is None or not KEY_PATTERN.fullmatch(sub):
         return tuple(pattern for pattern in patterns if "{sub}" not in pattern)
     return tuple(pattern.replace("{sub}", sub) for pattern in patterns)
 
@@ -151,6 +159,18 @@ def _matcher(patterns: tuple[str, ...]) -> Any:
     matches in linear time however many stars a pattern has, where a plain `.*` per star
     could backtrack for ever on a pattern like `a*a*a*a*a*a*b`."""
     return re.compile("|".join(fnmatch.translate(p) for p in patterns)).match
+
+
+def _reaches(pattern: str, family: str) -> bool:
+    """Whether `pattern` matches some topic `family/<key>` of a keyed family: it starts like
+    `family/`, up to a `*` (`room/*`, `ro*`, `*`) or followed by a key (`room/lobby`)."""
+    prefix = family + "/"
+    for index, char in enumerate(pattern):
+        if char == "*" or index == len(prefix):
+            return True
+        if char != prefix[index]:
+            return False
+    return False  # it ends before a key: `room/` or `room` names no topic of the family
 
 
 def _grants(claims: Mapping[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -275,17 +295,24 @@ class Auth:
         return f"on: {', '.join(checks)}; public: {public}"
 
     def is_public(self, definition: Definition) -> bool:
+        """Whether `definition` may be read without a token (a keyed family: some topic of
+        it, by a pattern such as `--public 'room/*'`)."""
         if definition.public:
             return True
+        if definition.keyed:
+            return any(_reaches(pattern, definition.name) for pattern in self.public_patterns)
         return self._public_match is not None and self._public_match(definition.name) is not None
 
-    def unmatched_public(self, names: Iterable[str]) -> list[str]:
-        """The `--public` patterns that match none of `names` (most likely a typo)."""
-        names = list(names)
+    def unmatched_public(self, definitions: Iterable[Definition]) -> list[str]:
+        """The `--public` patterns that match none of `definitions` (most likely a typo)."""
+        definitions = list(definitions)
         return [
             pattern
             for pattern in self.public_patterns
-            if not any(_matcher((pattern,))(name) for name in names)
+            if not any(
+                _matcher((pattern,))(d.name) or (d.keyed and _reaches(pattern, d.name))
+                for d in definitions
+            )
         ]
 
     def access(self, headers: Iterable[tuple[bytes, bytes]], query_token: str | None) -> Access:
@@ -412,13 +439,19 @@ class Access:
         auth = self.auth
         if auth is None or not auth.enabled or auth.is_public(definition):
             return True
-        return self.principal is not None and self.principal.may_subscribe(definition.name)
+        principal = self.principal
+        return principal is not None and principal.may_subscribe(
+            definition.name, keyed=definition.keyed
+        )
 
     def may_publish(self, definition: Definition) -> bool:
         auth = self.auth
         if auth is None or not auth.enabled:
             return True
-        return self.principal is not None and self.principal.may_publish(definition.name)
+        principal = self.principal
+        return principal is not None and principal.may_publish(
+            definition.name, keyed=definition.keyed
+        )
 
     def sees(self, definition: Definition) -> bool:
         """Whether the catalog shows it to this caller: it may read it or publish to it."""

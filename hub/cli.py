@@ -74,6 +74,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--max-streams", type=int, help="streams per request (default 16)")
     serve.add_argument(
+        "--max-topics",
+        type=int,
+        metavar="N",
+        help="keyed topics (room/lobby) a memory broker holds; past it the idle one used least "
+        "recently is dropped (default 100000)",
+    )
+    serve.add_argument(
+        "--idle-ttl",
+        type=float,
+        metavar="SECONDS",
+        help="an idle keyed topic in Redis expires after this, unless its max_age says "
+        "(default 86400)",
+    )
+    serve.add_argument(
         "--buffer",
         type=int,
         help="live frames queued for a subscriber before it is cut off (default 1000)",

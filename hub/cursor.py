@@ -24,8 +24,9 @@ NOTHING_YET = "-"
 
 
 def quote_name(name: str) -> str:
-    """A stream name as it appears in a cursor."""
-    return quote(name, safe="")
+    """A stream name as it appears in a cursor: as it is, since names (`echo`, `room/lobby`)
+    hold nothing that needs quoting; anything else would be percent-quoted."""
+    return quote(name, safe="/")
 
 
 class CursorError(ValueError):

@@ -9,6 +9,8 @@ is malformed, or that reuses a name, stops start-up with a `PluginError` naming 
 from __future__ import annotations
 
 import collections.abc
+import copy
+import functools
 import hashlib
 import importlib
 import importlib.metadata
@@ -19,38 +21,58 @@ import re
 import sys
 import types
 import typing
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Annotated, Any, Literal, cast, overload
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 from pydantic.fields import FieldInfo
 
-from .auth import Principal
+from .auth import KEY_PATTERN, Principal
 from .brokers.base import TopicConfig
 from .events import Event
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "Definition",
+    "InvalidKey",
     "LastPosition",
     "PluginError",
     "Registry",
     "Stream",
     "Topic",
+    "UnknownStream",
     "stream",
     "topic",
 ]
 
 ENTRY_POINT_GROUP = "hub.streams"
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+KEY_SYNTAX = "1 to 128 of A-Z a-z 0-9 _ - ~"
 # Query parameters the hub itself reads; a plugin cannot declare them.
 RESERVED_PARAMETERS = frozenset({"count", "streams", "last_event_id", "access_token"})
 
 
 class PluginError(Exception):
     """A stream plugin that cannot be loaded: malformed, failing on import, or a duplicate."""
+
+
+class UnknownStream(LookupError):
+    """A name that is no stream; `why` says more where there is more to say."""
+
+    def __init__(self, name: str, why: str | None) -> None:
+        super().__init__(name)
+        self.name, self.why = name, why
+
+
+class InvalidKey(ValueError):
+    """A keyed family named without its key, or with a key its type refuses."""
+
+    def __init__(self, stream: str, key: str | None, message: str) -> None:
+        super().__init__(message)
+        self.stream, self.key, self.message = stream, key, message
 
 
 class _LastPositionMarker:
@@ -82,6 +104,9 @@ class Definition:
     multi_valued: frozenset[str] = frozenset()
     # Readable without a token when authorization is on.
     public: bool = False
+    # A keyed family (`topic(..., key=str)`): no stream itself, but one topic per key, each
+    # named `family/key` (`Topic.instance`).
+    keyed: bool = False
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} from {self.module}>"
@@ -139,6 +164,9 @@ class Topic(Definition):
 
     Its events come from publishers (`POST /streams/{name}/events`, `await hub.publish(...)`)
     or, for a shared stream, from its producer: a generator run once for all subscribers.
+
+    Declared with a `key` type, it is a *family*: one topic per key, named `family/key`, each
+    with its own history and positions (`instance`), all of the same event model.
     """
 
     kind = "topic"
@@ -150,9 +178,10 @@ class Topic(Definition):
         description: str,
         module: str,
         config: TopicConfig,
-        producer: Callable[[], AsyncIterator[Event]] | None = None,
+        producer: Callable[..., AsyncIterator[Event]] | None = None,
         eager: bool = False,
         public: bool = False,
+        key: Any = None,
     ) -> None:
         self.name = name
         self.event_model = event_model
@@ -170,6 +199,64 @@ class Topic(Definition):
             if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("readOnly")
         )
         self.fields = frozenset(event_model.model_fields)  # what a published event may set
+        # A family's key type, validated as a parameter is; its instances share it.
+        self.key_type: TypeAdapter[Any] | None = None
+        self.keyed = key is not None
+        if key is not None:
+            self.key_type = _key_adapter(key, f"{module}: topic {name!r}")
+        # An instance's family, its key's text and its value (None on any other topic).
+        self.family: Topic | None = None
+        self.key: str | None = None
+
+    @property
+    def family_name(self) -> str:
+        """The name its declaration has: the family's for a keyed topic, else its own."""
+        return self.family.name if self.family is not None else self.name
+
+    def key_schema(self) -> dict[str, Any] | None:
+        """The JSON Schema of a key, for a family and its instances."""
+        return self.key_type.json_schema() if self.key_type is not None else None
+
+    def instance(self, text: str) -> Topic:
+        """The topic of this family for the key `text`, named `family/key`; a `ValueError`
+        says what is wrong with a key that its type refuses.
+
+        The key is named as its type writes it: `room/007` of an int-keyed family is
+        `room/7`, a UUID is lowercase, so that one key is one topic whatever its spelling.
+        """
+        assert self.key_type is not None, f"topic {self.name!r} is not keyed"
+        if not KEY_PATTERN.fullmatch(text):
+            raise ValueError(f"a key is {KEY_SYNTAX}")
+        try:
+            value = self.key_type.validate_python(text)
+        except ValidationError as exc:
+            raise ValueError("; ".join(e["msg"] for e in exc.errors(include_url=False))) from None
+        canonical = _key_text(self.key_type, value)
+        if not KEY_PATTERN.fullmatch(canonical):
+            raise ValueError(f"the key is written {canonical!r}, and a key is {KEY_SYNTAX}")
+        topic = copy.copy(self)
+        topic.name, topic.keyed = f"{self.name}/{canonical}", False
+        topic.family, topic.key = self, canonical
+        if self.producer is not None:
+            topic.producer = functools.partial(self.producer, key=value)
+        return topic
+
+
+def _key_adapter(key: Any, where: str) -> TypeAdapter[Any]:
+    try:
+        adapter: TypeAdapter[Any] = TypeAdapter(key)
+        adapter.json_schema()
+    except Exception as exc:  # pydantic's schema errors share no narrower base
+        raise PluginError(
+            f"{where}: key {key!r} is not a type pydantic can validate: {exc}"
+        ) from exc
+    return adapter
+
+
+def _key_text(adapter: TypeAdapter[Any], value: Any) -> str:
+    if isinstance(value, str | int | uuid.UUID) and not isinstance(value, bool):
+        return str(value)
+    return str(adapter.dump_python(value, mode="json"))
 
 
 def topic(
@@ -180,17 +267,22 @@ def topic(
     history: int = 1000,
     max_age: float | None = None,
     public: bool = False,
+    key: Any = None,
 ) -> Topic:
     """Declare a topic: events of type `event`, the last `history` kept (and, if `max_age` is
     given, none older than that many seconds) so that subscribers can resume. A `public`
     topic may be read without a token when authorization is on (publishing still needs one).
+
+    With `key` (a type: `str`, `int`, `UUID`, `Annotated[str, Field(pattern=...)]`), it is
+    a family of topics, one per key, each named `name/key` and made as it is first used:
+    `topic("room", ChatMessage, key=str)` serves `room/lobby`, `room/kitchen`, ...
     """
     module = sys._getframe(1).f_globals.get("__name__", "?")
     where = f"{module}: topic {name!r}"
     _check_name(name, where)
     _check_event_model(event, where)
     config = _topic_config(history, max_age, where)
-    return Topic(name, event, description.strip(), module, config, public=public)
+    return Topic(name, event, description.strip(), module, config, public=public, key=key)
 
 
 def _topic_config(history: int, max_age: float | None, where: str) -> TopicConfig:
@@ -240,6 +332,7 @@ def stream(
     max_age: float | None = None,
     eager: bool = False,
     public: bool = False,
+    key: Any = None,
 ) -> Callable[[Callable[..., AsyncIterator[Any]]], Topic]: ...
 
 
@@ -253,6 +346,7 @@ def stream(
     max_age: float | None = None,
     eager: bool = False,
     public: bool = False,
+    key: Any = None,
 ) -> Callable[[Callable[..., AsyncIterator[Any]]], Stream | Topic]:
     """Register an async generator function as the stream `name`.
 
@@ -263,6 +357,10 @@ def stream(
     With `shared=True` the generator runs once for all subscribers, from the first one's
     arrival (or from start-up, with `eager=True`) until the last one leaves; its events go
     into a topic of the same name, with `history` and `max_age` as for `topic()`.
+
+    A shared stream with a `key` type is keyed, as a topic is (see `topic()`): the generator
+    takes the key as its parameter `key` and runs once per key in use (`quotes/AAPL`: one
+    upstream poller per symbol, however many subscribers).
 
     A `public` stream may be read without a token when authorization is on. A parameter
     typed `Principal | None` receives the verified caller (None without a token); typed
@@ -283,6 +381,27 @@ def stream(
             raise PluginError(f"{where}: cannot resolve the type hints: {exc}") from exc
         model = event if event is not None else _event_model_from(hints.get("return"))
         _check_event_model(model, f"{where}: stream {name!r}")
+        if key is not None:
+            if not shared:
+                raise PluginError(
+                    f"{where}: only a shared stream is keyed (shared=True, key=...); a "
+                    f"generated stream takes parameters instead"
+                )
+            if eager:
+                raise PluginError(
+                    f"{where}: a keyed stream cannot be eager: its keys are known only as "
+                    "subscribers name them"
+                )
+            if list(inspect.signature(function).parameters) != ["key"]:
+                raise PluginError(
+                    f"{where}: keyed shared stream {name!r} takes one parameter, 'key' (the "
+                    f"key of the topic it feeds, e.g. 'AAPL' for {name}/AAPL), and no other"
+                )
+            config = _topic_config(history, max_age, f"{where}: shared stream {name!r}")
+            text = description if description is not None else inspect.getdoc(function) or ""
+            return Topic(
+                name, model, text.strip(), function.__module__, config, function, False, public, key
+            )
         parameters, special = _parameters_model(name, function, hints, where)
         text = (description if description is not None else inspect.getdoc(function) or "").strip()
         if not shared:
@@ -449,6 +568,34 @@ class Registry:
 
     def names(self) -> list[str]:
         return sorted(self._streams)
+
+    def lookup(self, name: str) -> Definition:
+        """The stream `name`; for `family/key`, the family's topic for that key.
+
+        Raises `UnknownStream` for a name that is no stream (an unknown family, or a key on
+        a stream that takes none), and `InvalidKey` for a keyed family named without a key,
+        or with a key its type refuses."""
+        family, slash, key = name.partition("/")
+        definition = self._streams.get(family)
+        if definition is None:
+            raise UnknownStream(name, None)
+        if not slash:
+            if definition.keyed:
+                raise InvalidKey(
+                    name,
+                    None,
+                    f"stream {name!r} is keyed: name one of its topics as '{name}/<key>' "
+                    f"(a key is {KEY_SYNTAX})",
+                )
+            return definition
+        if not (isinstance(definition, Topic) and definition.keyed):
+            raise UnknownStream(name, f"stream {family!r} takes no key")
+        try:
+            return definition.instance(key)
+        except ValueError as exc:
+            raise InvalidKey(
+                family, key, f"key {key[:140]!r} of stream {family!r}: {exc}"
+            ) from None
 
     def add(self, definition: Definition, origin: str | None = None) -> None:
         origin = origin or definition.module

@@ -24,7 +24,7 @@ from .limits import Limits
 from .merge import Activity, frames
 from .registry import Registry, Topic
 from .settings import Settings
-from .subscription import Subscription
+from .subscription import Subscription, find_stream
 
 __all__ = ["Hub", "load_auth", "publish"]
 
@@ -66,7 +66,15 @@ class Hub:
     ) -> None:
         self.registry = registry
         self.settings = settings if settings is not None else Settings()
-        self.broker = broker if broker is not None else broker_from_url(self.settings.broker)
+        self.broker = (
+            broker
+            if broker is not None
+            else broker_from_url(
+                self.settings.broker,
+                max_topics=self.settings.max_topics,
+                idle_ttl=self.settings.idle_ttl,
+            )
+        )
         self.activity = Activity()
         self.limits = Limits(self.settings)
         self.auth = load_auth(self.settings)
@@ -82,7 +90,7 @@ class Hub:
         self.shutdown_deadline: float | None = None
         self.on_shutdown: list[Callable[[float], None]] = []
         for definition in self.topics.values():
-            self.broker.declare(definition.name, definition.config)
+            self.broker.declare(definition.name, definition.config, keyed=definition.keyed)
 
     async def start(self) -> None:
         await self.broker.start()
@@ -95,7 +103,7 @@ class Hub:
                 "read every stream and publish to every topic (--auth-key, --auth-public-key)",
                 self.settings.host,
             )
-        for pattern in self.auth.unmatched_public(self.registry.names()):
+        for pattern in self.auth.unmatched_public(self.registry):
             logger.warning(
                 "--public %r matches no stream (streams: %s)",
                 pattern,
@@ -212,7 +220,7 @@ class Hub:
         """
         definition = self.publishable(name)
         data = await self.encode(definition, events)
-        return await self.broker.publish(name, data)
+        return await self.broker.publish(definition.name, data)
 
     def publishable(self, name: str, access: Access | None = None) -> Topic:
         """The topic `name` if `access` (trusted code when None) may publish to it; else a
@@ -220,17 +228,13 @@ class Hub:
         access = access if access is not None else _TRUSTED
 
         def topics() -> list[str]:  # named in a refusal: those this caller may publish to
-            return [t for t, d in self.topics.items() if not d.producer and access.may_publish(d)]
+            return [
+                f"{t}/<key>" if d.keyed else t
+                for t, d in self.topics.items()
+                if not d.producer and access.may_publish(d)
+            ]
 
-        definition = self.registry[name] if name in self.registry else None
-        if definition is None or not access.sees(definition):
-            raise RequestError(
-                404,
-                "unknown_stream",
-                f"unknown stream {name!r}; topics: {', '.join(topics()) or '(none)'}",
-                unknown=[name],
-                available=topics(),
-            )
+        definition = find_stream(self.registry, name, access, topics)
         access.check_publish(definition)
         if not isinstance(definition, Topic) or definition.producer is not None:
             what = "a generated stream" if definition.kind == "generated" else "fed by its producer"

@@ -26,6 +26,11 @@ class Settings:
     broker: str = "memory://"  # where topics live
     broker_wait: float = 0.0  # seconds to wait at start for an unreachable broker; 0 = fail now
     max_streams: int = 16
+    # Keyed topics (`room/lobby`) a memory broker holds at most: past it, the idle one used
+    # least recently is dropped. An idle keyed topic in Redis expires after its family's
+    # max_age, else after `idle_ttl` seconds.
+    max_topics: int = 100_000
+    idle_ttl: float = 24 * 3600.0
     buffer: int = 1000  # live frames queued per subscriber and topic before it is cut off
     max_publish_bytes: int = 1024 * 1024  # largest POST body accepted
     ping_interval: float = 15.0  # seconds between keep-alive comments; 0 disables them
@@ -61,13 +66,13 @@ class Settings:
         for name in ("port", "retry", "max_connections", "max_connections_per_client"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("max_streams", "buffer", "max_publish_bytes", "keep_alive"):
+        for name in ("max_streams", "max_topics", "buffer", "max_publish_bytes", "keep_alive"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("ping_interval", "send_timeout", "broker_wait", "publish_rate", "auth_leeway"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name} must be >= 0 seconds, got {getattr(self, name)}")
-        for name in ("shutdown_grace", "header_timeout", "body_timeout"):
+        for name in ("shutdown_grace", "header_timeout", "body_timeout", "idle_ttl"):
             if not getattr(self, name) > 0:
                 raise SettingsError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
 
@@ -121,6 +126,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "broker": str,
     "broker_wait": float,
     "max_streams": int,
+    "max_topics": int,
+    "idle_ttl": float,
     "buffer": int,
     "max_publish_bytes": int,
     "ping_interval": float,

@@ -14,15 +14,17 @@ from pydantic import ValidationError
 from .auth import Access, unauthorized
 from .cursor import CursorError, parse_cursor
 from .errors import RequestError
-from .registry import Definition, Registry, Stream, Topic
+from .registry import Definition, InvalidKey, Registry, Stream, Topic, UnknownStream
 
 __all__ = [
     "RequestError",
     "Selected",
     "Subscription",
     "available_streams",
+    "find_stream",
     "parse_subscription",
     "split_streams",
+    "unknown_stream",
 ]
 
 # Query parameters read by the hub itself rather than passed to streams.
@@ -104,18 +106,7 @@ def parse_subscription(
             f"{len(names)} streams selected; at most {max_streams} are accepted per request",
             limit=max_streams,
         )
-    unknown = [name for name in names if name not in registry]
-    if unknown:
-        available = available_streams(registry, access)
-        listed = ", ".join(repr(name) for name in unknown)
-        raise RequestError(
-            404,
-            "unknown_stream",
-            f"unknown stream {listed}; available: {', '.join(available) or '(none)'}",
-            unknown=unknown,
-            available=available,
-        )
-    streams = sorted((registry[name] for name in names), key=lambda s: s.name)
+    streams = _find_streams(registry, names, access)
     principal = None
     if access is not None:
         access.check_subscribe(streams)
@@ -154,10 +145,86 @@ def parse_subscription(
 
 
 def available_streams(registry: Registry, access: Access | None) -> list[str]:
-    """The streams a refusal may name: those the caller may see (all, without `access`)."""
-    if access is None:
-        return registry.names()
-    return [d.name for d in registry if access.sees(d)]
+    """The streams a refusal may name: those the caller may see (all, without `access`); a
+    keyed family as `family/<key>`."""
+    return [
+        f"{d.name}/<key>" if d.keyed else d.name
+        for d in registry
+        if access is None or access.sees(d)
+    ]
+
+
+def find_stream(
+    registry: Registry,
+    name: str,
+    access: Access | None,
+    available: Callable[[], list[str]] | None = None,
+) -> Definition:
+    """The stream `name` (a keyed family's topic for `family/key`), or the refusal: a 404
+    for no such stream, or one the caller may not see, naming what `available()` gives (by
+    default the streams it may see); a 422 for a key that is missing or that its type
+    refuses."""
+    definition = _find_streams(registry, [name], access, available)[0]
+    if access is not None and not access.sees(definition):  # as unknown as a missing one
+        raise unknown_stream(registry, [name], access, available=available)
+    return definition
+
+
+def unknown_stream(
+    registry: Registry,
+    names: Sequence[str],
+    access: Access | None,
+    reasons: Sequence[str] = (),
+    available: Callable[[], list[str]] | None = None,
+) -> RequestError:
+    """The 404 for names that are no stream (or none the caller may see), naming those it
+    may see, or those `available()` gives."""
+    named = available() if available is not None else available_streams(registry, access)
+    listed = ", ".join(repr(name[:200]) for name in names)
+    why = f" ({'; '.join(reasons)})" if reasons else ""
+    return RequestError(
+        404,
+        "unknown_stream",
+        f"unknown stream {listed}{why}; available: {', '.join(named) or '(none)'}",
+        unknown=list(names),
+        available=named,
+    )
+
+
+def _find_streams(
+    registry: Registry,
+    names: Sequence[str],
+    access: Access | None,
+    available: Callable[[], list[str]] | None = None,
+) -> list[Definition]:
+    """The named streams, sorted by name and each once (`room/007` is `room/7`), or the
+    refusal naming every unknown stream (404), else every bad key (422)."""
+    found: dict[str, Definition] = {}
+    unknown: list[str] = []
+    reasons: list[str] = []
+    bad_keys: list[dict[str, Any]] = []
+    for name in names:
+        try:
+            definition = registry.lookup(name)
+        except UnknownStream as exc:
+            unknown.append(name)
+            if exc.why:
+                reasons.append(exc.why)
+            continue
+        except InvalidKey as exc:
+            bad_keys.append({"stream": exc.stream, "key": exc.key, "message": exc.message})
+            continue
+        found[definition.name] = definition
+    if unknown:
+        raise unknown_stream(registry, unknown, access, reasons, available)
+    if bad_keys:
+        raise RequestError(
+            422,
+            "invalid_key",
+            "; ".join(error["message"] for error in bad_keys),
+            errors=bad_keys,
+        )
+    return sorted(found.values(), key=lambda s: s.name)
 
 
 def _check_callers(streams: list[Definition], known: bool) -> None:

@@ -205,6 +205,8 @@ def test_to_env_round_trips(settings: Settings) -> None:
         "HUB_BROKER",
         "HUB_BROKER_WAIT",
         "HUB_MAX_STREAMS",
+        "HUB_MAX_TOPICS",
+        "HUB_IDLE_TTL",
         "HUB_BUFFER",
         "HUB_MAX_PUBLISH_BYTES",
         "HUB_PING_INTERVAL",

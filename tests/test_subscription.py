@@ -26,7 +26,7 @@ async def needy(topic: str) -> AsyncIterator[Item]:
     yield Item(tag=topic)
 
 
-BUILTINS = ["chat", "counter", "echo", "reverse_echo"]
+BUILTINS = ["chat", "counter", "echo", "reverse_echo", "room/<key>"]
 
 
 @pytest.fixture
@@ -91,7 +91,9 @@ def test_selection_is_sorted_with_defaults(registry: Registry) -> None:
 def test_no_streams(registry: Registry) -> None:
     error = refused(registry, " , ")
     assert (error.status, error.code) == (400, "missing_streams")
-    assert error.body()["error"]["available"] == registry.names()
+    # Each stream by name; a keyed family as the form its topics take.
+    named = [f"{d.name}/<key>" if d.keyed else d.name for d in registry]
+    assert error.body()["error"]["available"] == named
     assert set(BUILTINS) <= set(error.body()["error"]["available"])
 
 

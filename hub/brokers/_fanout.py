@@ -32,6 +32,9 @@ class Fed(Protocol):
 
     readers: set[Reader]
 
+    def vacated(self) -> None:
+        """Its last reader has left."""
+
 
 class Run:
     """Entries that arrived together, shared by every reader of their topic in this process."""
@@ -174,8 +177,15 @@ class Reader(BrokerSubscription):
         if not keep_backlog:
             self._clear()  # the subscriber resumes from history; free its backlog now
         self._error = error
-        self._topic.readers.discard(self)
+        self._leave()
         self._wake()
+
+    def _leave(self) -> None:
+        readers = self._topic.readers
+        if self in readers:
+            readers.discard(self)
+            if not readers:
+                self._topic.vacated()
 
     def _clear(self) -> None:
         self._live = []
@@ -266,6 +276,6 @@ class Reader(BrokerSubscription):
         return waiter
 
     async def close(self) -> None:
-        self._topic.readers.discard(self)
+        self._leave()
         self._clear()
         self._replay = []

@@ -24,6 +24,8 @@ from ..events import encode_body
 
 __all__ = [
     "FRAMES_AT_ONCE",
+    "IDLE_TTL",
+    "MAX_TOPICS",
     "SLICE",
     "Broker",
     "BrokerSubscription",
@@ -172,12 +174,47 @@ class Lease:
         """Let go, so that another process can take over at once."""
 
 
+# Keyed topics (`family/key`) a memory broker holds at most, by default (`--max-topics`); and
+# how long a Redis broker keeps an idle keyed topic without `max_age` (`--idle-ttl`), in s.
+MAX_TOPICS = 100_000
+IDLE_TTL = 24 * 3600.0
+
+
+def is_keyed(topic: str) -> bool:
+    """Whether `topic` is one topic of a keyed family (`room/lobby`)."""
+    return "/" in topic
+
+
 class Broker(ABC):
     url: str
     lease_retry: float = 1.0  # seconds between tries for a lease another process holds
 
-    def declare(self, topic: str, config: TopicConfig) -> None:  # noqa: B027 - optional hook
-        """Make a topic known, with its history bounds, before it is used."""
+    def __init__(self, *, max_topics: int = MAX_TOPICS, idle_ttl: float = IDLE_TTL) -> None:
+        self.max_topics = max_topics
+        self.idle_ttl = idle_ttl
+        self._configs: dict[str, TopicConfig] = {}
+
+    def declare(self, topic: str, config: TopicConfig, *, keyed: bool = False) -> None:
+        """Make a topic known, with its history bounds, before it is used; those of a keyed
+        family (`keyed`) hold for each of its topics, `family/<key>`."""
+        self._configs[topic] = config
+
+    def config(self, topic: str) -> TopicConfig:
+        """The bounds of `topic`, or of its family; the defaults for a topic never declared."""
+        config = self._configs.get(topic)
+        if config is None and is_keyed(topic):
+            config = self._configs.get(topic.partition("/")[0])
+        return config if config is not None else TopicConfig()
+
+    def topics(self) -> int:
+        """The topics this process holds (memory) or reads (a shared broker) now."""
+        return 0
+
+    async def position(self, topic: str) -> str | None:
+        """The position of `topic`'s newest event, or None if it has none; unlike
+        `last_position`, it makes no topic."""
+        bounds = await self.bounds(topic)
+        return bounds[1] if bounds is not None else None
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connect, where there is anything to connect to."""
