@@ -2,9 +2,15 @@
 
 A topic is the stream `<prefix>topic:<name>`; publishing is `XADD` with an approximate
 `MAXLEN` from the topic's history; a position is the Redis entry id (`1700000000000-0`), valid
-in every process. Each process reads each topic it has subscribers for once, with a blocking
-`XREAD` (a *feed*), and fans the entries out to its local readers: never a Redis read per
-subscriber. A feed starts with its topic's first local subscriber and stops after the last.
+in every process. Each process reads each topic it has subscribers for once (a *feed*), and
+fans the entries out to its local readers: never a Redis read per subscriber. A feed starts
+with its topic's first local subscriber and stops after the last. Feeds share a few reading
+connections (`read_connections`), each blocking in one `XREAD` over all of its topics, re-issued
+as they come and go: a thousand topics are read over four connections, not a thousand.
+
+A keyed topic (`room/lobby`) is the stream `<prefix>topic:room/lobby`, made by its first
+publish. Every publish sets it to expire once idle: after `max_age`, if its family has one,
+else after the broker's `idle_ttl` (`--idle-ttl`, 24 h by default).
 
 Resume: a new subscriber is registered with the feed first, then reads its replay with
 `XRANGE` from its position; live entries the replay already holds are dropped, so the seam
@@ -24,6 +30,7 @@ e.g. `redis://127.0.0.1:6379/0?prefix=myhub:&command_timeout=3`:
   after minutes. A command given up on is not cancelled (see `RedisBroker.call`): if Redis
   wakes up, it still runs, so a publish answered 503 may yet land (at least once, like any
   request that timed out);
+- `read_connections`: the most connections topics are read over, per process (default 4);
 - redis-py's own options (`socket_timeout`, `max_connections`, ...), which win over the
   hub's defaults.
 
@@ -48,6 +55,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ._fanout import Reader, Run, fan_out
 from .base import (
+    IDLE_TTL,
     Broker,
     BrokerSubscription,
     BrokerUnavailable,
@@ -55,7 +63,7 @@ from .base import (
     Gap,
     Interrupted,
     Lease,
-    TopicConfig,
+    is_keyed,
 )
 
 __all__ = ["RedisBroker"]
@@ -71,6 +79,7 @@ _FIELD = b"d"  # the event's JSON, the only field of an entry
 # broker may wait for the last one.
 _BLOCK_MS = 500
 _COMMAND_TIMEOUT = 3.0  # seconds: the default of the URL's `command_timeout`
+_READ_CONNECTIONS = 4  # the default of the URL's `read_connections`
 
 # A lease is a key holding its holder's token, with an expiry. Renewing and releasing must
 # only touch it while it is still ours: check and act in one step, in Redis.
@@ -134,46 +143,169 @@ def _entries(topic: str, items: Sequence[tuple[bytes, dict[bytes, bytes]]]) -> l
 
 
 class _Feed:
-    """One topic's reader in this process: XREAD in a loop, entries pushed to local readers."""
+    """One topic read for this process's subscribers: where reading has got to, and who reads.
+
+    Made by the topic's first local subscriber, it learns where the topic ends (`started`),
+    then joins one of the broker's reading connections (`_Reading`); it leaves as soon as its
+    last reader does."""
 
     def __init__(self, broker: RedisBroker, topic: str) -> None:
         self.broker = broker
         self.topic = topic
+        self.key = broker.key(topic)
         self.after = "0-0"  # the last id read
         self.readers: set[Reader] = set()
+        self.ended = False
         # Made synchronously, so that two subscribers arriving together share one feed; where
         # it starts reading is known once `started` is done.
         self.started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.task = asyncio.create_task(self._run(), name=f"hub redis feed {topic}")
+        self.task = asyncio.create_task(self._start(), name=f"hub redis feed {topic}")
+
+    async def _start(self) -> None:
+        try:
+            self.after = await self.broker.last_position(self.topic)
+        except Exception as exc:
+            self.started.set_exception(exc)
+            self.fail(exc)
+            return
+        self.started.set_result(None)
+        if self.readers:
+            self.broker.reading.add(self)
+        else:
+            self.end()
+
+    def vacated(self) -> None:
+        if self.started.done():  # else its start finds nobody, and ends it
+            self.end()
+
+    def end(self) -> None:
+        """Stop reading: no reader is left, or reading failed."""
+        if not self.ended:
+            self.ended = True
+            self.broker.feed_ended(self)
+
+    def fail(self, exc: Exception) -> None:
+        """Reading failed: every reader gets `hub.error`, and resumes when it comes back."""
+        reason = str(exc if isinstance(exc, BrokerUnavailable) else self.broker.unavailable(exc))
+        self.end()
+        for reader in list(self.readers):
+            reader.fail(Interrupted(reason), keep_backlog=True)
+
+
+class _Connection:
+    """One reading connection: a blocking `XREAD` over every topic of its feeds at once,
+    re-issued as they come and go. A feed that joins while it blocks unblocks it (`CLIENT
+    UNBLOCK`), so that it is read at once rather than after the block."""
+
+    def __init__(self, reading: _Reading, client: Any) -> None:
+        self.reading = reading
+        self.broker = reading.broker
+        self.client = client  # of a pool of one connection
+        self.feeds: dict[bytes, _Feed] = {}  # by key
+        self.client_id: int | None = None  # the connection's, for CLIENT UNBLOCK
+        self.reads = 0  # XREADs issued, the current one's number while blocked
+        self.blocked: int | None = None  # the number of the XREAD blocking now, if one is
+        self.unblocking = False
+        self.joined = asyncio.Event()
+        self.task = asyncio.create_task(self._run(), name="hub redis reading")
+
+    def add(self, feed: _Feed) -> None:
+        self.feeds[feed.key.encode()] = feed
+        self.joined.set()
+        if self.blocked is not None and not self.unblocking:
+            self.unblocking = True
+            self.broker.spawn(self._unblock(self.blocked))
+
+    def remove(self, feed: _Feed) -> None:
+        key = feed.key.encode()
+        if self.feeds.get(key) is feed:
+            del self.feeds[key]
+
+    async def _unblock(self, read: int) -> None:
+        """Wake XREAD number `read`, so that it is re-issued with the feeds that joined."""
+        broker, client_id = self.broker, self.client_id
+        try:
+            for delay in (0.0, 0.002, 0.01, 0.05):
+                if delay:
+                    await asyncio.sleep(delay)  # the XREAD may not have reached Redis yet
+                if self.blocked != read or client_id is None:
+                    return
+                if await broker.call(lambda client: client.client_unblock(client_id)):
+                    return
+            self.client_id = None  # not blocked after all: a new connection? Ask again.
+        except BrokerUnavailable:
+            pass  # the XREAD fails too, and says so
+        finally:
+            self.unblocking = False
 
     async def _run(self) -> None:
-        key, broker = self.broker.key(self.topic), self.broker
-        try:
-            self.after = await broker.last_position(self.topic)
-            self.started.set_result(None)
-            while self.readers:
-                reply = await broker.call(
-                    lambda _: broker.feed_client.xread(
-                        {key: self.after}, block=_BLOCK_MS, count=1000
-                    ),
-                    blocking=_BLOCK_MS / 1000,
-                )
-                for _, items in reply or ():
-                    entries = _entries(self.topic, items)
-                    self.after = entries[-1].position
-                    await fan_out(self.readers, Run(entries))
-        except Exception as exc:
-            if isinstance(exc, BrokerUnavailable):  # the broker said so, once: no traceback
-                logger.debug("reading topic %r stopped: %s", self.topic, exc)
-            else:
-                logger.exception("reading topic %r from Redis failed", self.topic)
-            if not self.started.done():
-                self.started.set_exception(exc)
-            reason = str(exc if isinstance(exc, BrokerUnavailable) else broker.unavailable(exc))
-            for reader in list(self.readers):
-                reader.fail(Interrupted(reason), keep_backlog=True)
-        finally:
-            self.broker.feed_ended(self)
+        broker = self.broker
+        while True:
+            if not self.feeds:
+                self.joined.clear()
+                await self.joined.wait()
+                continue
+            try:
+                if self.client_id is None:
+                    self.client_id = await broker.call(lambda _: self.client.client_id())
+                streams = {key: feed.after for key, feed in self.feeds.items()}
+                self.reads += 1
+                self.blocked = self.reads
+                try:
+                    reply = await broker.call(
+                        lambda _, streams=streams: self.client.xread(  # type: ignore[misc]
+                            streams, block=_BLOCK_MS, count=1000
+                        ),
+                        blocking=_BLOCK_MS / 1000,
+                    )
+                finally:
+                    self.blocked = None
+                for key, items in reply or ():
+                    feed = self.feeds.get(key)
+                    if feed is None or not items:
+                        continue  # it left while the XREAD was out
+                    entries = _entries(feed.topic, items)
+                    feed.after = entries[-1].position
+                    await fan_out(feed.readers, Run(entries))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if isinstance(exc, BrokerUnavailable):  # the broker said so, once
+                    logger.debug("reading %d topics stopped: %s", len(self.feeds), exc)
+                else:
+                    logger.exception("reading %d topics from Redis failed", len(self.feeds))
+                self.client_id = None
+                for feed in list(self.feeds.values()):
+                    feed.fail(exc)
+                self.feeds.clear()
+
+
+class _Reading:
+    """The connections a process reads its topics over: at most `limit`, however many topics.
+    A feed joins the one with the fewest; a new connection opens only while every open one
+    has some."""
+
+    def __init__(self, broker: RedisBroker, limit: int, make_client: Callable[[], Any]) -> None:
+        self.broker = broker
+        self.limit = limit
+        self.make_client = make_client
+        self.connections: list[_Connection] = []
+        self.of: dict[_Feed, _Connection] = {}
+
+    def add(self, feed: _Feed) -> None:
+        open_ = self.connections
+        if len(open_) < self.limit and all(c.feeds for c in open_):
+            connection = _Connection(self, self.make_client())
+            open_.append(connection)
+        else:
+            connection = min(open_, key=lambda c: len(c.feeds))
+        self.of[feed] = connection
+        connection.add(feed)
+
+    def remove(self, feed: _Feed) -> None:
+        connection = self.of.pop(feed, None)
+        if connection is not None:
+            connection.remove(feed)
 
 
 class _RedisLease(Lease):
@@ -235,7 +367,8 @@ class _RedisLease(Lease):
 
 
 class RedisBroker(Broker):
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, idle_ttl: float = IDLE_TTL) -> None:
+        super().__init__(idle_ttl=idle_ttl)
         try:
             import redis.asyncio as redis
         except ImportError:  # pragma: no cover - depends on the installation
@@ -250,6 +383,13 @@ class RedisBroker(Broker):
         self.command_timeout = _seconds(
             query.pop("command_timeout", str(_COMMAND_TIMEOUT)), "command_timeout"
         )
+        given = query.pop("read_connections", str(_READ_CONNECTIONS))
+        if not (given.isdigit() and 1 <= int(given) <= 64):
+            raise ValueError(
+                "the Redis URL's read_connections must be a whole number from 1 to 64, got "
+                f"{given!r}"
+            )
+        read_connections = int(given)
         # Shown in /health and in errors sent to clients: never with its password.
         self.url = _without_password(url)
         from redis.asyncio.retry import Retry
@@ -282,11 +422,26 @@ class RedisBroker(Broker):
                 address, max_connections=50, timeout=self.command_timeout, **options
             )
         )
-        # Feeds block in XREAD, holding a connection each: a pool of their own, so that they
-        # never keep commands waiting.
-        self.feed_client: Any = redis.Redis.from_pool(
-            redis.ConnectionPool.from_url(address, max_connections=10_000, **options)
-        )
+        # Topics are read over connections of their own, `read_connections` at most, each
+        # blocking in one XREAD over many topics (`_Reading`): they never keep commands
+        # waiting, and a thousand topics do not take a thousand connections. Named, to be
+        # told apart in CLIENT LIST.
+        read_query = {k: v for k, v in query.items() if k != "max_connections"}
+        read_address = urlunsplit(parts._replace(query=urlencode(read_query)))
+
+        def reading_client() -> Any:
+            return redis.Redis.from_pool(
+                redis.BlockingConnectionPool.from_url(
+                    read_address,
+                    max_connections=1,
+                    timeout=self.command_timeout,
+                    client_name=f"{self.prefix}read",
+                    **options,
+                )
+            )
+
+        self.reading = _Reading(self, read_connections, reading_client)
+        self._spawned: set[asyncio.Task[Any]] = set()
         # What redis-py raises when Redis is down or drops the connection.
         self.errors: tuple[type[Exception], ...] = (
             redis.ConnectionError,
@@ -297,7 +452,6 @@ class RedisBroker(Broker):
         self.release_script = self.client.register_script(_RELEASE)
         # Who holds a lease, for whoever looks at it in Redis: host, process, and one run.
         self._holder = f"{socket.gethostname()}:{os.getpid()}"
-        self._configs: dict[str, TopicConfig] = {}
         self._feeds: dict[str, _Feed] = {}
         self._commands: set[asyncio.Future[Any]] = set()
         self._given_up: set[asyncio.Future[Any]] = set()  # commands past their deadline
@@ -417,8 +571,11 @@ class RedisBroker(Broker):
         )
         return _RedisLease(self, name, token, asked + self.lease_ttl) if granted else None
 
-    def declare(self, topic: str, config: TopicConfig) -> None:
-        self._configs[topic] = config
+    def spawn(self, command: Awaitable[Any]) -> None:
+        """Run `command` in the background, kept until it is done."""
+        task = asyncio.ensure_future(command)
+        self._spawned.add(task)
+        task.add_done_callback(self._spawned.discard)
 
     def unavailable(self, exc: BaseException) -> BrokerUnavailable:
         return BrokerUnavailable(f"the Redis broker at {self.url} is unavailable: {exc}")
@@ -434,9 +591,11 @@ class RedisBroker(Broker):
     async def close(self) -> None:
         feeds = list(self._feeds.values())
         self._feeds.clear()
-        for feed in feeds:
-            feed.task.cancel()
-        await asyncio.gather(*(feed.task for feed in feeds), return_exceptions=True)
+        tasks: list[asyncio.Future[Any]] = [feed.task for feed in feeds]
+        tasks += [c.task for c in self.reading.connections] + list(self._spawned)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if running := self._commands - self._given_up:
             # Left running by callers that were cancelled (a feed's XREAD, within its block):
             # let them finish, or redis-py would retry them on fresh connections. Not those
@@ -446,12 +605,13 @@ class RedisBroker(Broker):
         # its connections are closed next, and nobody waits for it.
         for task in list(self._commands):
             task.cancel()
-        for client in (self.client, self.feed_client):
+        for client in [self.client] + [c.client for c in self.reading.connections]:
             try:
                 async with asyncio.timeout(1):
                     await client.aclose()
             except Exception as exc:  # a connection that will not close cleanly: let it go
                 logger.debug("closing the Redis connections: %r", exc)
+        self.reading.connections.clear()
 
     async def last_position(self, topic: str) -> str:
         newest = await self.call(lambda client: client.xrevrange(self.key(topic), count=1))
@@ -475,21 +635,21 @@ class RedisBroker(Broker):
 
         The cut-off is an entry id made from this process's clock, against ids made from
         Redis's clock: keep the clocks in step (NTP)."""
-        max_age = self._config(topic).max_age
+        max_age = self.config(topic).max_age
         if max_age is not None:
             oldest_kept = max(int((time.time() - max_age) * 1000), 0)
             pipe.xtrim(self.key(topic), minid=oldest_kept, approximate=not exact)
 
-    def _config(self, topic: str) -> TopicConfig:
-        return self._configs.get(topic) or TopicConfig()
-
     async def publish(self, topic: str, data: Sequence[str]) -> list[Entry]:
-        key, history = self.key(topic), max(self._config(topic).history, 1)
+        key, history = self.key(topic), max(self.config(topic).history, 1)
 
         def build(pipe: Any) -> None:
             for item in data:
                 pipe.xadd(key, {_FIELD: item}, maxlen=history, approximate=True)
             self._trim_by_age(pipe, topic, exact=False)
+            if is_keyed(topic):
+                # A key's topic lives on while it is used: it expires once idle.
+                pipe.pexpire(key, int((self.config(topic).max_age or self.idle_ttl) * 1000))
 
         ids = (await self.transaction(build))[: len(data)]
         return [
@@ -500,7 +660,7 @@ class RedisBroker(Broker):
     async def subscribe(self, topic: str, after: str, buffer: int) -> BrokerSubscription:
         self.check_position(after)
         feed = self._feeds.get(topic)
-        if feed is None or feed.task.done():
+        if feed is None or feed.ended:
             feed = self._feeds[topic] = _Feed(self, topic)
         reader = Reader(feed, [], buffer, None)
         feed.readers.add(reader)  # first: what is published from now on reaches it
@@ -577,6 +737,10 @@ class RedisBroker(Broker):
     def feed_ended(self, feed: _Feed) -> None:
         if self._feeds.get(feed.topic) is feed:
             del self._feeds[feed.topic]
+        self.reading.remove(feed)
+
+    def topics(self) -> int:
+        return len(self._feeds)
 
     def interrupt(self, topic: str, reason: str | None) -> None:
         feed = self._feeds.get(topic)
