@@ -286,10 +286,22 @@ class Job:
     auth_key: str | None = None  # the hub's HS256 key: each connection sends its own token
     connect_timeout: float = 120.0  # for the whole connect phase
     lifetime: float = 900.0  # a worker ends by itself after this long, whatever happens
+    # With `rooms`, `path` holds `{room}`: connection i (counted over every process, from
+    # `offset`) subscribes to room (offset + i) % rooms, so that the rooms share them evenly.
+    rooms: int = 0
+    offset: int = 0
 
     def share(self, index: int, processes: int) -> Job:
-        count = self.connections // processes + (index < self.connections % processes)
-        return dataclasses.replace(self, connections=count)
+        base, extra = divmod(self.connections, processes)
+        count = base + (index < extra)
+        offset = self.offset + index * base + min(index, extra)
+        return dataclasses.replace(self, connections=count, offset=offset)
+
+    def path_of(self, connection: int) -> str:
+        """The path of this job's `connection`-th subscriber."""
+        if not self.rooms:
+            return self.path
+        return self.path.format(room=(self.offset + connection) % self.rooms)
 
 
 @dataclass
@@ -368,8 +380,10 @@ async def _work(connection: Connection, job: Job) -> None:
     # work, not the hub's, and must not slow the connects or fall in a counting window.
     plain = request(job.path, job.port)
     payloads = [
-        subscriber_request(job.path, job.port, job.auth_key)
-        for _ in range(job.connections if job.auth_key else 0)
+        subscriber_request(job.path_of(i), job.port, job.auth_key)
+        if job.auth_key
+        else request(job.path_of(i), job.port)
+        for i in range(job.connections if job.auth_key or job.rooms else 0)
     ]
     protocols: list[SSEProtocol] = []
     report = Report()
@@ -625,8 +639,10 @@ async def publish(
     connections: int = 8,
     timeout: float = 30.0,
     auth_key: str | None = None,
+    rooms: int = 0,
 ) -> PublishLog:
-    """POST `count` bodies to `path`, `rate` per second on a fixed schedule.
+    """POST `count` bodies to `path`, `rate` per second on a fixed schedule; with `rooms`,
+    `path` holds `{room}`, and publish `seq` goes to room `seq % rooms`.
 
     Each publish goes out at its time on an idle keep-alive connection (at most
     `connections` of them), so a slow response does not hold back the next publish and the
@@ -646,8 +662,9 @@ async def publish(
         reader, writer = stream
         sent_at = time.time()
         data = body(seq, sent_at)
+        target = path.format(room=seq % rooms) if rooms else path
         head = (
-            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{authorization}"
+            f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{authorization}"
             f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
         )
         writer.write(head.encode() + data)

@@ -75,6 +75,11 @@ class Plan:
     drain_seconds: float  # after the last publish, at most this long for the deliveries
     idle_subscribers: int
     first_frame_requests: int
+    rooms: int = 1_000  # keyed topics in the rooms scenario
+    room_subscribers: int = 5  # subscribers of each
+    rooms_rate: float = 1_000.0  # publishes/s over all rooms: each room once a second
+    rooms_seconds: float = 10.0
+    idle_topics: int = 2_000  # keyed topics of 100 events each, for their memory
 
     @property
     def anchors(self) -> bool:
@@ -93,6 +98,9 @@ class Plan:
             f"counted until {self.drain_seconds:g} s after the last publish",
             f"cluster: {', '.join(f'{n:,}' for n in self.cluster_sizes)} subscribers, as in "
             f"fan-out, on Redis at {self.redis}",
+            f"rooms: {self.rooms:,} keyed topics x {self.room_subscribers} subscribers, "
+            f"{self.rooms_rate:,.0f} publishes/s for {self.rooms_seconds:g} s; memory of "
+            f"{self.idle_topics:,} idle keyed topics of 100 events",
             f"idle: {self.idle_subscribers:,} subscribers; first frame: "
             f"{self.first_frame_requests} sequential requests",
             f"load client: raw asyncio protocols, {self.processes} processes for many "
@@ -135,6 +143,11 @@ def quick_plan(runs: int, processes: int, redis: str) -> Plan:
         drain_seconds=3.0,
         idle_subscribers=200,
         first_frame_requests=50,
+        rooms=100,
+        room_subscribers=2,
+        rooms_rate=100.0,
+        rooms_seconds=2.0,
+        idle_topics=200,
     )
 
 
@@ -352,12 +365,18 @@ async def _fan_out(
     paths: tuple[str, str],
     size: int,
     case: str,
+    rooms: int = 0,
 ) -> str:
     """One fan-out measurement: `size` subscribers spread evenly over `servers`, the
-    publisher on the first; figures recorded under `scenario`, `case` and `name`."""
+    publisher on the first; figures recorded under `scenario`, `case` and `name`. With
+    `rooms`, the paths hold `{room}`: subscribers and publishes are spread over that many
+    topics, each publish going to the subscribers of its room alone."""
     subscribe, publish_to = paths
-    publishes = round(plan.publish_rate * plan.publish_seconds)
+    rate = plan.rooms_rate if rooms else plan.publish_rate
+    publishes = round(rate * (plan.rooms_seconds if rooms else plan.publish_seconds))
+    audience = size // rooms if rooms else size  # subscribers of each publish
     shares = [size // len(servers) + (i < size % len(servers)) for i in range(len(servers))]
+    offsets = [sum(shares[:i]) for i in range(len(servers))]
     processes = max(1, plan.processes // len(servers))
     connecting = time.perf_counter()
     async with AsyncExitStack() as stack:
@@ -371,11 +390,13 @@ async def _fan_out(
                         latency=True,
                         connect_timeout=240,
                         auth_key=_key(name),
+                        rooms=rooms,
+                        offset=offset,
                     ),
                     processes,
                 )
             )
-            for server, share in zip(servers, shares, strict=True)
+            for server, share, offset in zip(servers, shares, offsets, strict=True)
         ]
         connecting = time.perf_counter() - connecting
         connected = sum(client.connected for client in clients)
@@ -390,10 +411,12 @@ async def _fan_out(
         sent = await publish(
             servers[0].port,
             publish_to,
-            plan.publish_rate,
+            rate,
             publishes,
             _body,
+            connections=32 if rooms else 8,
             auth_key=_key(name),
+            rooms=rooms,
         )
         window = time.perf_counter() - started
         cpu = sum(s.cpu_seconds() for s in servers) - cpu
@@ -404,7 +427,7 @@ async def _fan_out(
             f"{case}, {name}",
             busy_cores(machine, CPUS),
         )
-        expected = size * sent.ok
+        expected = audience * sent.ok
         deadline = time.monotonic() + plan.drain_seconds
         while time.monotonic() < deadline:
             deliveries = sum([(await client.poll())[1] for client in clients])
@@ -417,7 +440,7 @@ async def _fan_out(
     if sent.failed:
         results.note(scenario, f"{name}, {case}: {sent.failed} publishes failed {sent.errors}")
     latencies = sorted(report.latencies)
-    delivered = report.deliveries / (size * publishes)
+    delivered = report.deliveries / (audience * publishes)
     if latencies:
         for label, fraction in (("p50", 0.5), ("p99", 0.99), ("max", 1.0)):
             value = percentile(latencies, fraction) * 1000
@@ -482,6 +505,93 @@ async def cluster(plan: Plan, results: Results) -> None:
             return await _fan_out(plan, results, "cluster", name, servers, paths, size, case)
 
         await each_run(plan, results, "cluster", names, measure, hubs)
+
+
+ROOMS = Scenario(
+    "rooms",
+    "many keyed topics (chat rooms), a few subscribers each",
+    "K keyed topics (hub: `rooms/r0` .. `rooms/r{K-1}` of the keyed family `rooms`; nchan: a "
+    "channel per room, its id from the path), S subscribers of each, each subscribing to its "
+    "room alone; after a settle, the publisher POSTs `{seq, sent_at}` to room `seq % K`, at a "
+    "fixed rate over all rooms (every room once a second at K publishes/s), on up to 32 "
+    "keep-alive connections. Figures as in fan-out, the fraction delivered = deliveries / "
+    "(S x publishes). Servers: `hub` = one process on the memory broker, "
+    f"`{REDIS_ONE}` and `{REDIS_TWO}` as in cluster (subscribers split between the two, the "
+    "publisher on the first), nchan. Then the memory of keyed topics: N idle keys of 100 "
+    "events each (one POST of 100 `{seq, sent_at}` per key) on a fresh hub on the memory "
+    "broker; figure: (RSS after - RSS before) / N, read 0.5 s after the last publish.",
+    (NCHAN,),
+)
+
+
+async def rooms(plan: Plan, results: Results) -> None:
+    subscribe = {HUB: "/events?streams=rooms/r{room}", NCHAN: "/rooms/sub/r{room}"}
+    publish_to = {HUB: "/streams/rooms/r{room}/events", NCHAN: "/rooms/pub/r{room}"}
+    for name in (REDIS_ONE, REDIS_TWO):
+        subscribe[name], publish_to[name] = subscribe[HUB], publish_to[HUB]
+    setups = {HUB: (1, False), REDIS_ONE: (1, True), REDIS_TWO: (2, True)}  # processes, Redis
+    names = [HUB]
+    missing = await redis_missing(plan.redis)
+    if missing:
+        results.note("rooms", f"Redis skipped: {missing}")
+    else:
+        names += [REDIS_TWO] if plan.quick else [REDIS_ONE, REDIS_TWO]
+    names += [n for n in _servers(plan, results, "rooms", ROOMS.anchors) if n == NCHAN]
+
+    @asynccontextmanager
+    async def servers(name: str) -> AsyncIterator[list[Server]]:
+        if name == NCHAN:
+            async with await start_nchan() as nchan:
+                yield [nchan]
+            return
+        count, on_redis = setups[name]
+        broker = redis_url_for_run(plan.redis) if on_redis else None
+        try:
+            async with AsyncExitStack() as stack:
+                yield [
+                    await stack.enter_async_context(await start_hub(broker)) for _ in range(count)
+                ]
+        finally:
+            if broker:
+                await forget_run(broker)
+
+    size = plan.rooms * plan.room_subscribers
+    case = f"{plan.rooms:,} rooms x {plan.room_subscribers} subscribers"
+
+    async def measure(name: str, opened: list[Server]) -> str:
+        paths = (subscribe[name], publish_to[name])
+        return await _fan_out(plan, results, "rooms", name, opened, paths, size, case, plan.rooms)
+
+    await each_run(plan, results, "rooms", names, measure, servers)
+
+    async def topic_memory(name: str, server: Server) -> str:
+        count = plan.idle_topics
+        path = "/streams/rooms/m{room}/events"
+        sent = await publish(
+            server.port, "/streams/rooms/warm{room}/events", 1000, 10, _hundred, rooms=10
+        )
+        await asyncio.sleep(0.5)
+        before = server.rss_bytes()
+        sent = await publish(server.port, path, 1000, count, _hundred, connections=16, rooms=count)
+        if sent.failed:
+            raise RuntimeError(f"{sent.failed} publishes failed: {sent.errors}")
+        await asyncio.sleep(0.5)
+        per_topic = (server.rss_bytes() - before) / count / 1024
+        results.add(
+            "rooms",
+            f"{count:,} idle keyed topics",
+            "RSS per topic of 100 events (KiB)",
+            name,
+            per_topic,
+        )
+        return f"{per_topic:.1f} KiB per idle keyed topic of 100 events"
+
+    await each_run(plan, results, "rooms", [HUB], topic_memory)
+
+
+def _hundred(seq: int, sent_at: float) -> bytes:
+    """A batch of 100 small events, as in a room's history."""
+    return json.dumps([{"seq": seq, "sent_at": sent_at}] * 100, separators=(",", ":")).encode()
 
 
 IDLE = Scenario(
@@ -591,6 +701,7 @@ ALL: dict[str, tuple[Scenario, Callable[[Plan, Results], Awaitable[None]]]] = {
     "merge": (MERGE, merge),
     "fanout": (FANOUT, fanout),
     "cluster": (CLUSTER, cluster),
+    "rooms": (ROOMS, rooms),
     "idle": (IDLE, idle),
     "first-frame": (FIRST_FRAME, first_frame),
     "startup": (STARTUP, startup),

@@ -4,6 +4,7 @@
   seconds (0 = as fast as the hub takes them), for the merge scenario.
 - `bench`: the fan-out topic; the publisher POSTs `{"seq", "sent_at"}`.
 - `quiet`: a topic nobody publishes to, for idle subscribers.
+- `rooms`: a keyed topic, one per room (`rooms/r17`), for the rooms scenario.
 """
 
 from __future__ import annotations
@@ -56,3 +57,11 @@ bench = topic(
 )
 
 quiet = topic("quiet", Published, description="Benchmark idle topic: never published.", history=1)
+
+rooms = topic(
+    "rooms",
+    Published,
+    key=str,
+    description="Benchmark keyed topic, one per room (rooms/r17): POST {seq, sent_at}.",
+    history=100,
+)

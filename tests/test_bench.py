@@ -80,7 +80,13 @@ def test_quick_mode_measures_every_scenario_of_the_hub(tmp_path: Path, redis_ser
     # Quick mode runs the hub alone, no anchor, and beside it the hub with authorization on
     # (every subscriber with a token), which gets as far; the cluster scenario runs only its
     # two processes.
-    servers = {(key[0], key[3]) for key in figures if key[0] != "cluster"}
+    rooms = {(key[1], key[2], key[3]): value for key, value in figures.items() if key[0] == "rooms"}
+    case = "100 rooms x 2 subscribers"
+    assert rooms[(case, "delivered (fraction)", "hub")] == 1.0
+    assert rooms[(case, "delivered (fraction)", "2 hubs, redis")] == 1.0
+    assert rooms[("200 idle keyed topics", "RSS per topic of 100 events (KiB)", "hub")] > 0
+    assert {key[2] for key in rooms} == {"hub", "2 hubs, redis"}
+    servers = {(key[0], key[3]) for key in figures if key[0] not in ("cluster", "rooms")}
     assert servers == {
         (scenario, server)
         for scenario in ("firehose", "merge", "fanout", "idle", "first-frame")
