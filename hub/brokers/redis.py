@@ -195,13 +195,20 @@ class _Feed:
 class _Connection:
     """One reading connection: a blocking `XREAD` over every topic of its feeds at once,
     re-issued as they come and go. A feed that joins while it blocks unblocks it (`CLIENT
-    UNBLOCK`), so that it is read at once rather than after the block."""
+    UNBLOCK`), so that it is read at once rather than after the block.
 
-    def __init__(self, reading: _Reading, client: Any) -> None:
+    The connection is its own, outside any pool, and its command is packed here: the keys
+    once as they change, each topic's id when it moves. Re-issued after every read, an XREAD
+    over hundreds of keys would otherwise cost more to encode than all the rest of a publish.
+    """
+
+    def __init__(self, reading: _Reading, connection: Any) -> None:
         self.reading = reading
         self.broker = reading.broker
-        self.client = client  # of a pool of one connection
+        self.connection = connection
         self.feeds: dict[bytes, _Feed] = {}  # by key
+        self._ids: dict[bytes, bytes] = {}  # each key's id, packed, in the order of `feeds`
+        self._keys: bytes | None = None  # every key, packed; None when they changed
         self.client_id: int | None = None  # the connection's, for CLIENT UNBLOCK
         self.reads = 0  # XREADs issued, the current one's number while blocked
         self.blocked: int | None = None  # the number of the XREAD blocking now, if one is
@@ -210,7 +217,10 @@ class _Connection:
         self.task = asyncio.create_task(self._run(), name="hub redis reading")
 
     def add(self, feed: _Feed) -> None:
-        self.feeds[feed.key.encode()] = feed
+        key = feed.key.encode()
+        self.feeds[key] = feed
+        self._ids[key] = _bulk(feed.after.encode())
+        self._keys = None
         self.joined.set()
         if self.blocked is not None and not self.unblocking:
             self.unblocking = True
@@ -219,7 +229,28 @@ class _Connection:
     def remove(self, feed: _Feed) -> None:
         key = feed.key.encode()
         if self.feeds.get(key) is feed:
-            del self.feeds[key]
+            del self.feeds[key], self._ids[key]
+            self._keys = None
+
+    def _command(self) -> bytes:
+        """`XREAD COUNT 1000 BLOCK <ms> STREAMS <keys> <ids>`, packed."""
+        if self._keys is None:
+            self._keys = b"".join(_bulk(key) for key in self.feeds)
+        head = b"*%d\r\n" % (6 + 2 * len(self.feeds)) + _XREAD
+        return b"".join((head, self._keys, *self._ids.values()))
+
+    async def _xread(self, command: bytes) -> Any:
+        connection = self.connection
+        try:
+            await connection.send_packed_command(command)
+            return await connection.read_response()
+        except BaseException:
+            await connection.disconnect()  # half a command, or a reply never read: start over
+            raise
+
+    async def _client_id(self) -> int:
+        await self.connection.send_command("CLIENT", "ID")
+        return int(await self.connection.read_response())
 
     async def _unblock(self, read: int) -> None:
         """Wake XREAD number `read`, so that it is re-issued with the feeds that joined."""
@@ -247,25 +278,27 @@ class _Connection:
                 continue
             try:
                 if self.client_id is None:
-                    self.client_id = await broker.call(lambda _: self.client.client_id())
-                streams = {key: feed.after for key, feed in self.feeds.items()}
+                    self.client_id = await broker.call(lambda _: self._client_id())
+                command = self._command()
                 self.reads += 1
                 self.blocked = self.reads
                 try:
                     reply = await broker.call(
-                        lambda _, streams=streams: self.client.xread(  # type: ignore[misc]
-                            streams, block=_BLOCK_MS, count=1000
-                        ),
+                        lambda _, command=command: self._xread(command),  # type: ignore[misc]
                         blocking=_BLOCK_MS / 1000,
                     )
                 finally:
                     self.blocked = None
-                for key, items in reply or ():
+                for key, items in reply.items() if isinstance(reply, dict) else reply or ():
                     feed = self.feeds.get(key)
                     if feed is None or not items:
                         continue  # it left while the XREAD was out
-                    entries = _entries(feed.topic, items)
+                    entries = [
+                        Entry.encode(feed.topic, item_id.decode(), _field(fields))
+                        for item_id, fields in items
+                    ]
                     feed.after = entries[-1].position
+                    self._ids[key] = _bulk(feed.after.encode())
                     await fan_out(feed.readers, Run(entries))
             except asyncio.CancelledError:
                 raise
@@ -278,6 +311,24 @@ class _Connection:
                 for feed in list(self.feeds.values()):
                     feed.fail(exc)
                 self.feeds.clear()
+                self._ids.clear()
+                self._keys = None
+
+
+def _bulk(value: bytes) -> bytes:
+    """`value` as a RESP bulk string."""
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+_XREAD = b"".join(_bulk(arg) for arg in (b"XREAD", b"COUNT", b"1000", b"BLOCK", b"%d" % _BLOCK_MS))
+_XREAD += _bulk(b"STREAMS")
+
+
+def _field(fields: Any) -> str:
+    """The event's JSON from an entry's fields: `[b"d", json]` (a map, with RESP3 at times)."""
+    if isinstance(fields, dict):
+        return cast(bytes, fields[_FIELD]).decode()
+    return cast(bytes, fields[list(fields).index(_FIELD) + 1]).decode()
 
 
 class _Reading:
@@ -285,17 +336,17 @@ class _Reading:
     A feed joins the one with the fewest; a new connection opens only while every open one
     has some."""
 
-    def __init__(self, broker: RedisBroker, limit: int, make_client: Callable[[], Any]) -> None:
+    def __init__(self, broker: RedisBroker, limit: int, make_connection: Callable[[], Any]) -> None:
         self.broker = broker
         self.limit = limit
-        self.make_client = make_client
+        self.make_connection = make_connection
         self.connections: list[_Connection] = []
         self.of: dict[_Feed, _Connection] = {}
 
     def add(self, feed: _Feed) -> None:
         open_ = self.connections
         if len(open_) < self.limit and all(c.feeds for c in open_):
-            connection = _Connection(self, self.make_client())
+            connection = _Connection(self, self.make_connection())
             open_.append(connection)
         else:
             connection = min(open_, key=lambda c: len(c.feeds))
@@ -429,18 +480,14 @@ class RedisBroker(Broker):
         read_query = {k: v for k, v in query.items() if k != "max_connections"}
         read_address = urlunsplit(parts._replace(query=urlencode(read_query)))
 
-        def reading_client() -> Any:
-            return redis.Redis.from_pool(
-                redis.BlockingConnectionPool.from_url(
-                    read_address,
-                    max_connections=1,
-                    timeout=self.command_timeout,
-                    client_name=f"{self.prefix}read",
-                    **options,
-                )
-            )
+        reading = redis.ConnectionPool.from_url(
+            read_address, client_name=f"{self.prefix}read", **options
+        )
 
-        self.reading = _Reading(self, read_connections, reading_client)
+        def reading_connection() -> Any:  # one of its own, outside any pool
+            return reading.connection_class(**reading.connection_kwargs)
+
+        self.reading = _Reading(self, read_connections, reading_connection)
         self._spawned: set[asyncio.Task[Any]] = set()
         # What redis-py raises when Redis is down or drops the connection.
         self.errors: tuple[type[Exception], ...] = (
@@ -605,10 +652,12 @@ class RedisBroker(Broker):
         # its connections are closed next, and nobody waits for it.
         for task in list(self._commands):
             task.cancel()
-        for client in [self.client] + [c.client for c in self.reading.connections]:
+        closing = [self.client.aclose()]
+        closing += [c.connection.disconnect() for c in self.reading.connections]
+        for close in closing:
             try:
                 async with asyncio.timeout(1):
-                    await client.aclose()
+                    await close
             except Exception as exc:  # a connection that will not close cleanly: let it go
                 logger.debug("closing the Redis connections: %r", exc)
         self.reading.connections.clear()
