@@ -419,7 +419,8 @@ def _print_catalog(registry: Registry, *, as_json: bool) -> int:
             f"{name}{'*' if name in required else ''}" for name in properties if name != "count"
         )
         summary = info.description.splitlines()[0] if info.description else ""
-        rows.append((info.name, info.kind, parameters or "-", summary))
+        name = f"{info.name}/<key>" if info.keyed else info.name  # a topic per key
+        rows.append((name, info.kind, parameters or "-", summary))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
         print(

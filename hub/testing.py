@@ -125,8 +125,9 @@ async def acollect(
 ) -> list[ReceivedEvent]:
     """The first `limit` events (control events included) of a selection, in-process.
 
-    `streams` names streams ("echo,reverse_echo") or passes stream and topic objects
-    directly; `params` are the query parameters (`{"message": "hi", "echo.interval": 0}`).
+    `streams` names streams ("echo,reverse_echo", a keyed topic as "room/lobby") or passes
+    stream and topic objects directly; `params` are the query parameters
+    (`{"message": "hi", "echo.interval": 0}`).
     Pass a started `hub` to publish to its topics while collecting; without one, a hub is
     started for the call. Ends early if every stream ends; raises `TimeoutError` if `limit`
     events take over `timeout` s, and `hub.subscription.RequestError` for a request the hub

@@ -29,6 +29,7 @@ def test_streams_prints_the_catalog_as_a_table() -> None:
     }
     assert {"echo", "reverse_echo", "counter"} <= set(rows)
     assert "message, interval" in rows["echo"] and "generated" in rows["echo"]
+    assert "topic" in rows["room/<key>"]  # a keyed family, as its topics are named
 
 
 def test_streams_json_lists_schemas(tmp_path: Path) -> None:
