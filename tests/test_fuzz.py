@@ -458,6 +458,9 @@ def test_every_id_the_hub_sends_is_taken_back(server: HubServer, client: httpx.C
 header_chars = st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f")
 stream_names = st.sampled_from(
     ["echo", "reverse_echo", "counter", "chat", "nope", "ECHO", "", "%65cho", "echo%2C", "é"]
+    # Keyed topics: good keys, bad keys, no key, a key where none is taken.
+    + ["room/lobby", "room/Lobby~2", "room", "room/", "room//x", "room/a.b", "room/é"]
+    + ["room/" + "k" * 129, "echo/x", "nope/x", "room/lobby/x", "/room", "room%2Flobby"]
 )
 cursor_positions = st.one_of(
     st.sampled_from(["-", "0", "", "-1", "+1", "1.5", "1e3", "%00", "１", " 1", "0x1f"]),
@@ -486,7 +489,9 @@ def test_any_last_event_id_is_a_stream_or_a_json_4xx(
     @SERVED
     @given(
         cursors,
-        st.sampled_from(["echo", "echo,counter", "chat,echo", "chat,counter,reverse_echo"]),
+        st.sampled_from(
+            ["echo", "echo,counter", "chat,echo", "chat,counter,reverse_echo", "room/a,room/b"]
+        ),
         st.sampled_from(["header", "query"]),
     )
     @example("echo:" + "9" * 5000, "echo", "header")
@@ -645,6 +650,14 @@ paths = st.one_of(
             "/streams/chat/events",
             "/streams/echo/events",
             "/streams/chat/events/x",
+            "/streams/room",
+            "/streams/room/lobby",
+            "/streams/room/lobby/events",
+            "/streams/room/a.b/events",
+            "/streams/room/%2e%2e/events",
+            "/streams/room/%2F/events",
+            "/streams/echo/x/events",
+            "/streams/echo/x",
             "/health",
             "/openapi.json",
             "/%2e%2e/etc/passwd",
