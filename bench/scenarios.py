@@ -473,6 +473,24 @@ CLUSTER = Scenario(
 )
 
 
+# The hub set-ups of the cluster and rooms scenarios: hub processes, and whether on Redis.
+SETUPS = {HUB: (1, False), REDIS_ONE: (1, True), REDIS_TWO: (2, True)}
+
+
+@asynccontextmanager
+async def _hubs(plan: Plan, name: str) -> AsyncIterator[list[Server]]:
+    """Fresh hub processes of set-up `name`; on Redis, under a key prefix of their own,
+    deleted afterwards."""
+    count, on_redis = SETUPS[name]
+    broker = redis_url_for_run(plan.redis) if on_redis else None
+    try:
+        async with AsyncExitStack() as stack:
+            yield [await stack.enter_async_context(await start_hub(broker)) for _ in range(count)]
+    finally:
+        if broker:
+            await forget_run(broker)
+
+
 async def cluster(plan: Plan, results: Results) -> None:
     missing = await redis_missing(plan.redis)
     if missing:
@@ -480,21 +498,10 @@ async def cluster(plan: Plan, results: Results) -> None:
         log(f"[cluster] skipped: {missing}")
         return
     paths = ("/events?streams=bench", "/streams/bench/events")
-    setups = {HUB: (1, False), REDIS_ONE: (1, True), REDIS_TWO: (2, True)}  # processes, Redis
-    names = [REDIS_TWO] if plan.quick else list(setups)
+    names = [REDIS_TWO] if plan.quick else list(SETUPS)
 
-    @asynccontextmanager
-    async def hubs(name: str) -> AsyncIterator[list[Server]]:
-        count, on_redis = setups[name]
-        broker = redis_url_for_run(plan.redis) if on_redis else None
-        try:
-            async with AsyncExitStack() as stack:
-                yield [
-                    await stack.enter_async_context(await start_hub(broker)) for _ in range(count)
-                ]
-        finally:
-            if broker:
-                await forget_run(broker)
+    def hubs(name: str) -> AbstractAsyncContextManager[list[Server]]:
+        return _hubs(plan, name)
 
     for size in plan.cluster_sizes:
         case = f"{size:,} subscribers"
@@ -529,7 +536,6 @@ async def rooms(plan: Plan, results: Results) -> None:
     publish_to = {HUB: "/streams/rooms/r{room}/events", NCHAN: "/rooms/pub/r{room}"}
     for name in (REDIS_ONE, REDIS_TWO):
         subscribe[name], publish_to[name] = subscribe[HUB], publish_to[HUB]
-    setups = {HUB: (1, False), REDIS_ONE: (1, True), REDIS_TWO: (2, True)}  # processes, Redis
     names = [HUB]
     missing = await redis_missing(plan.redis)
     if missing:
@@ -543,17 +549,9 @@ async def rooms(plan: Plan, results: Results) -> None:
         if name == NCHAN:
             async with await start_nchan() as nchan:
                 yield [nchan]
-            return
-        count, on_redis = setups[name]
-        broker = redis_url_for_run(plan.redis) if on_redis else None
-        try:
-            async with AsyncExitStack() as stack:
-                yield [
-                    await stack.enter_async_context(await start_hub(broker)) for _ in range(count)
-                ]
-        finally:
-            if broker:
-                await forget_run(broker)
+        else:
+            async with _hubs(plan, name) as hubs:
+                yield hubs
 
     size = plan.rooms * plan.room_subscribers
     case = f"{plan.rooms:,} rooms x {plan.room_subscribers} subscribers"
