@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
-from httpx_sse import ServerSentEvent, connect_sse
+from httpx_sse import EventSource, ServerSentEvent, connect_sse
 
 from hub.testing import HubServer
 
@@ -33,6 +35,13 @@ def read_events(
                 if limit is not None and len(received) == limit:
                     break
     return received
+
+
+def data_of(source: EventSource, name: str) -> Iterator[dict[str, Any]]:
+    """The data of each event named `name` on an open SSE response, as it arrives."""
+    for sse in source.iter_sse():
+        if sse.event == name:
+            yield json.loads(sse.data)
 
 
 def positions(cursor: str) -> dict[str, str]:

@@ -19,8 +19,8 @@ import httpx
 import jwt
 import pytest
 import redis
-from httpx_sse import EventSource, aconnect_sse, connect_sse
-from support import TIMEOUT, Reports, get, positions, read_events
+from httpx_sse import aconnect_sse, connect_sse
+from support import TIMEOUT, Reports, data_of, get, positions, read_events
 
 from hub import Hub, Registry
 from hub import publish as hub_publish
@@ -444,12 +444,6 @@ def test_redis_an_idle_keys_stream_expires(redis_url: str) -> None:
         client.close()
 
 
-def _quotes(source: EventSource, name: str) -> Iterator[dict[str, Any]]:
-    for sse in source.iter_sse():
-        if sse.event == name:
-            yield json.loads(sse.data)
-
-
 def test_redis_a_keyed_producer_runs_once_per_key_in_the_cluster_and_moves_when_killed(
     redis_url: str,
 ) -> None:
@@ -463,13 +457,13 @@ def test_redis_a_keyed_producer_runs_once_per_key_in_the_cluster_and_moves_when_
             connect_sse(c2, "GET", "/events", params={"streams": "quotes/AAA"}) as s2,
             connect_sse(c2, "GET", "/events", params={"streams": "quotes/BBB"}) as s3,
         ):
-            first, second = _quotes(s1, "quotes/AAA"), _quotes(s2, "quotes/AAA")
+            first, second = data_of(s1, "quotes/AAA"), data_of(s2, "quotes/AAA")
             seen = [next(first) for _ in range(100)]
             holder = seen[0]["pid"]
             assert {q["pid"] for q in seen} == {holder}  # one run in the cluster
             assert [q["n"] for q in seen] == list(range(seen[0]["n"], seen[0]["n"] + 100))
             assert next(second)["pid"] == holder
-            assert next(_quotes(s3, "quotes/BBB"))["pid"] == two.pid  # its only subscriber
+            assert next(data_of(s3, "quotes/BBB"))["pid"] == two.pid  # its only subscriber
             survivor = (set(servers) - {holder}).pop()
             health = get(servers[survivor], "/health").json()
             assert "quotes/AAA" in health["standby"]

@@ -14,13 +14,13 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
 from conftest import PLUGINS
-from httpx_sse import EventSource, connect_sse
-from support import TIMEOUT, get, read_events
+from httpx_sse import connect_sse
+from support import TIMEOUT, data_of, get, read_events
 
 from hub import Event, Hub, Registry, stream
 from hub.brokers import Gap, TopicConfig, broker_from_url
@@ -502,7 +502,7 @@ def test_a_shared_producer_runs_once_across_processes_and_moves_when_its_holder_
             connect_sse(c1, "GET", "/events", params={"streams": "beacon"}) as s1,
             connect_sse(c2, "GET", "/events", params={"streams": "beacon"}) as s2,
         ):
-            first, second = beacons(s1), beacons(s2)
+            first, second = data_of(s1, "beacon"), data_of(s2, "beacon")
             # Over three lease lifetimes, every event on both processes comes from one run in
             # one process: numbered without a break, the other process standing by.
             seen = [next(first) for _ in range(150)]
@@ -521,12 +521,6 @@ def test_a_shared_producer_runs_once_across_processes_and_moves_when_its_holder_
             assert next(b for b in survivors if b["pid"] == survivor)["n"] == 0
             health = get(servers[survivor], "/health").json()
             assert (health["producers"], health["standby"]) == (["beacon"], [])
-
-
-def beacons(source: EventSource) -> Iterator[dict[str, int]]:
-    for sse in source.iter_sse():
-        if sse.event == "beacon":
-            yield json.loads(sse.data)
 
 
 class Tick(Event):
