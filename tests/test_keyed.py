@@ -132,6 +132,37 @@ def test_one_response_carries_two_keys_and_a_generated_stream_and_resumes_all_th
 
 
 @pytest.mark.anyio
+async def test_a_first_subscriber_of_new_keys_starts_live_without_a_gap(server: HubServer) -> None:
+    # Each key's topic is made as the subscription fixes where it starts, before it reads:
+    # making the second must not drop the first, still empty and without a reader yet.
+    first, second = f"board/{unique('n')}", f"board/{unique('o')}"
+    ready = asyncio.Event()
+
+    async def subscribe() -> list[Any]:
+        received = []
+        async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as client:
+            params = {"streams": f"{first},{second}"}
+            async with aconnect_sse(client, "GET", "/events", params=params) as source:
+                async for sse in source.aiter_sse():
+                    if not sse.data:  # the retry hint, then the opening id: both start here
+                        if sse.id:
+                            ready.set()
+                        continue
+                    received.append(sse)
+                    if len(received) == 2:
+                        return received
+        return received
+
+    subscribing = asyncio.create_task(subscribe())
+    await asyncio.wait_for(ready.wait(), 10)
+    for name in (first, second):
+        answer = await asyncio.to_thread(publish, server, name, {"n": 1})
+        assert answer.status_code == 201
+    events = await asyncio.wait_for(subscribing, 10)
+    assert sorted(e.event for e in events) == sorted([first, second])  # no hub.gap
+
+
+@pytest.mark.anyio
 async def test_publish_from_python_and_collect_in_process() -> None:
     registry = Registry.discover([PLUGIN], entry_points=False)
     async with Hub(registry) as hub:

@@ -6,7 +6,8 @@ and answered with a gap rather than taken for a position in today's history.
 
 Keyed topics (`room/lobby`) come and go: one exists from its first publish or subscriber, and
 is kept while it has subscribers or retained history. Past `max_topics` of them, the idle one
-used least recently is dropped; one idle and empty is dropped at once. Each keyed topic made
+used least recently is dropped; one left by its last reader with nothing retained is dropped
+at once. Each keyed topic made
 gets an epoch of its own (the broker's, and a count), so a cursor from a dropped one is a gap
 in the next, never a position in it.
 """
@@ -157,21 +158,20 @@ class MemoryBroker(Broker):
         return topic
 
     def _make_room(self) -> None:
-        """Drop, from the least recently used end, idle keyed topics that hold nothing any
-        more (their history aged out), and the first idle one while at `max_topics`."""
+        """At `max_topics`, drop the idle keyed topic used least recently.
+
+        Only then: an idle, empty topic may be one a subscriber has just made, fixing where
+        it starts before it reads; dropped, its subscriber would get a gap for nothing. One
+        that nobody reads and that holds nothing goes as its last reader leaves (`vacated`)."""
         keyed = self._keyed
         looked = 0
-        while keyed and looked < _SWEEP:
+        while len(keyed) >= self.max_topics and looked < _SWEEP:
             looked += 1
             name, topic = next(iter(keyed.items()))
-            if not topic.idle():
-                keyed.move_to_end(name)  # in use: as good as used just now
-                continue
-            topic.trim()
-            if len(keyed) >= self.max_topics or not topic.entries:
+            if topic.idle():
                 del keyed[name]
-                continue
-            return
+            else:
+                keyed.move_to_end(name)  # in use: as good as used just now
 
     def vacated(self, topic: _Topic) -> None:
         """A keyed topic's last reader left: drop it now if it holds nothing."""
