@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import shutil
@@ -24,7 +25,7 @@ from support import TIMEOUT, data_of, get, read_events
 
 from hub import Event, Hub, Registry, stream
 from hub.brokers import Gap, TopicConfig, broker_from_url
-from hub.brokers.redis import RedisBroker, _order
+from hub.brokers.redis import RedisBroker, _Connection, _order
 from hub.testing import HubServer
 
 
@@ -688,3 +689,39 @@ async def burst(port: int, subscribers: int, events: int, publish_to: str) -> di
                 assert posted.status_code == 201
         await asyncio.gather(*tasks)
     return counts
+
+
+@pytest.mark.anyio
+async def test_feeds_leaving_while_a_connection_asks_its_id_leave_no_xread_of_no_key(
+    redis_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A reading connection asks Redis for its id before its first XREAD. Every feed may
+    # leave meanwhile (a subscriber that left at once, as in the frozen-Redis test): an
+    # XREAD of no key is a syntax error, which was logged as a failure of the reading.
+    asked = _Connection._client_id
+
+    async def everyone_leaves_meanwhile(self: _Connection) -> int:
+        for feed in list(self.feeds.values()):
+            for reader in list(feed.readers):
+                await reader.close()
+        return await asked(self)
+
+    broker = await started(redis_url)
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(_Connection, "_client_id", everyone_leaves_meanwhile)
+            await broker.subscribe("t", await broker.last_position("t"), 10)
+            connection = broker.reading.connections[0]
+            await asyncio.wait_for(_until(lambda: connection.client_id is not None), 5)
+        # The connection reads on for the next subscriber, and nothing failed.
+        reader = await broker.subscribe("u", await broker.last_position("u"), 10)
+        await broker.publish("u", ["1"])
+        assert data(await asyncio.wait_for(reader.take(10), 5)) == [1]
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    finally:
+        await broker.close()
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.01)

@@ -279,6 +279,8 @@ class _Connection:
             try:
                 if self.client_id is None:
                     self.client_id = await broker.call(lambda _: self._client_id())
+                    if not self.feeds:
+                        continue  # all left meanwhile: an XREAD of no key is an error
                 command = self._command()
                 self.reads += 1
                 self.blocked = self.reads
