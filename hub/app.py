@@ -511,6 +511,14 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         responses={401: _ERRORS[401], 404: _ERRORS[404], 422: _ERRORS[422]},
     )
     async def get_keyed_stream(name: str, key: str, request: Request) -> StreamInfo:
+        if key == "events" and name in registry and not registry[name].keyed:
+            # The publish path of a plain topic, not a key of it.
+            raise RequestError(
+                405,
+                "method_not_allowed",
+                f"GET is not accepted on {request.url.path!r}; accepted: POST",
+                allow=["POST"],
+            )
         topic = find_stream(registry, f"{name}/{key}", access_of(request.scope))
         assert isinstance(topic, Topic) and topic.family is not None
         try:

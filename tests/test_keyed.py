@@ -257,6 +257,9 @@ def test_the_catalog_lists_a_family_once_and_describes_one_key(server: HubServer
     assert get(server, f"/streams/{name}").json()["position"] == newest
     assert get(server, "/streams/ticket/abc").status_code == 422
     assert get(server, "/streams/echo/x").status_code == 404
+    # A plain topic's publish path is not a key of it; a keyed family's `events` is a key.
+    assert get(server, "/streams/plain/events").status_code == 405
+    assert get(server, "/streams/board/events").json()["name"] == "board/events"
     # The document gives each keyed family its publish path, the key a path parameter.
     paths = get(server, "/openapi.json").json()["paths"]
     operation = paths["/streams/board/{key}/events"]["post"]
