@@ -381,6 +381,7 @@ def stream(
             raise PluginError(f"{where}: cannot resolve the type hints: {exc}") from exc
         model = event if event is not None else _event_model_from(hints.get("return"))
         _check_event_model(model, f"{where}: stream {name!r}")
+        text = (description if description is not None else inspect.getdoc(function) or "").strip()
         if key is not None:
             if not shared:
                 raise PluginError(
@@ -398,12 +399,10 @@ def stream(
                     f"key of the topic it feeds, e.g. 'AAPL' for {name}/AAPL), and no other"
                 )
             config = _topic_config(history, max_age, f"{where}: shared stream {name!r}")
-            text = description if description is not None else inspect.getdoc(function) or ""
             return Topic(
-                name, model, text.strip(), function.__module__, config, function, False, public, key
+                name, model, text, function.__module__, config, function, False, public, key
             )
         parameters, special = _parameters_model(name, function, hints, where)
-        text = (description if description is not None else inspect.getdoc(function) or "").strip()
         if not shared:
             return Stream(
                 name,
