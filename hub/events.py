@@ -21,6 +21,7 @@ __all__ = [
     "Event",
     "ReceivedAt",
     "control_body",
+    "decode_frames",
     "encode_body",
     "encode_event",
     "encode_comment",
@@ -115,3 +116,25 @@ def control_body(kind: str, **data: Any) -> bytes:
         CONTROL_PREFIX + kind,
         json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str),
     )
+
+
+def decode_frames(chunk: bytes) -> list[tuple[bytes | None, bytes | None, bytes | None]]:
+    """The `(event, id, data)` of each frame in `chunk`, whole frames as the hub writes them
+    (for the transports that are not SSE: the WebSocket's messages, `hub.subscribe()`'s
+    events). A frame of `retry:` or comments alone gives nothing; an id-only frame gives
+    `(None, id, None)`. An event's data is one line (compact JSON holds no raw line break);
+    several `data:` lines are joined with `\\n`, as a reader would."""
+    decoded = []
+    for frame in chunk.split(b"\n\n"):
+        event = id = data = None
+        for line in frame.split(b"\n"):
+            field, _, value = line.partition(b": ")
+            if field == b"data":
+                data = value if data is None else data + b"\n" + value
+            elif field == b"event":
+                event = value
+            elif field == b"id":
+                id = value
+        if event is not None or id is not None or data is not None:
+            decoded.append((event, id, data))
+    return decoded

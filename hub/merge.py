@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiostream import stream as ops
@@ -38,7 +38,7 @@ from .subscription import Selected, Subscription
 if TYPE_CHECKING:
     from .runtime import Hub
 
-__all__ = ["Activity", "Drop", "frames"]
+__all__ = ["Activity", "Drop", "family", "frames"]
 
 logger = logging.getLogger("hub")
 
@@ -77,10 +77,34 @@ AHEAD = BATCH
 
 @dataclass
 class Activity:
-    """Live counts, for /health and for leak checks."""
+    """Live counts, for /health, leak checks and /metrics (`hub.metrics` reads them when
+    scraped). Plain numbers, added to once per batch or per connection: counting costs the
+    hot path an addition, never a call into a metrics library."""
 
     subscriptions: int = 0
     open_streams: int = 0
+    # open connections by transport ("sse", "ws")
+    connections: Counter[str] = field(default_factory=Counter)
+    # events by stream family (`room` for `room/lobby`): published through this process, and
+    # delivered by it from generated streams (a topic's deliveries: `Broker.delivered`)
+    published: Counter[str] = field(default_factory=Counter)
+    delivered: Counter[str] = field(default_factory=Counter)
+    sse_bytes: int = 0  # sent on SSE responses
+    ws_bytes: int = 0  # sent in WebSocket messages
+    cut_off: Counter[str] = field(default_factory=Counter)  # subscribers, by reason
+    refused: Counter[str] = field(default_factory=Counter)  # requests, by error code
+    broker_errors: int = 0  # requests and streams that found the broker unavailable
+    # Told each publish's duration (seconds) and topic family, when metrics are on.
+    observe_publish: Callable[[str, float], None] | None = None
+
+    def publish_latency(self, name: str, seconds: float) -> None:
+        if self.observe_publish is not None:
+            self.observe_publish(family(name), seconds)
+
+
+def family(name: str) -> str:
+    """The stream a name belongs to, as metrics label it: `room` for `room/lobby`."""
+    return name.partition("/")[0]
 
 
 async def frames(
@@ -113,6 +137,7 @@ async def frames(
                 start[selected.name] = await hub.broker.last_position(selected.name)
     except BrokerUnavailable as exc:
         # Say so for every topic, and end: the client reconnects, and resumes once it is back.
+        activity.broker_errors += 1
         yield preamble + b"".join(
             control_body("error", stream=selected.name, error=str(exc))
             for selected in subscription.selected
@@ -296,10 +321,12 @@ async def _source(
                     hub.producers.release(definition)
         else:
             assert isinstance(definition, Stream)
+            delivered = hub.activity.delivered
             async with aclosing(_generated(index, definition, selected)) as items:
                 async for batch in items:
                     if remaining is not None:
                         batch, remaining = _at_most(batch, remaining)
+                    delivered[name] += len(batch)  # a generated stream's name is its family
                     yield batch
                     if remaining == 0:
                         return
@@ -312,6 +339,7 @@ async def _source(
             yield [(index, None, control_body("error", stream=name, error=exc.reason), None)]
     except BrokerUnavailable as exc:
         # The broker says so in its own log, once per outage: not a line per subscriber.
+        hub.activity.broker_errors += 1
         yield [(index, None, control_body("error", stream=name, error=str(exc)), None)]
     except Exception as exc:
         logger.exception("stream %r failed; its subscriber's other streams go on", name)

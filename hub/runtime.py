@@ -8,7 +8,7 @@ import logging
 import random
 import time
 from collections import Counter, deque
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from contextlib import aclosing
 from types import TracebackType
 from typing import Any, ClassVar, Protocol, cast
@@ -24,7 +24,7 @@ from .limits import Limits
 from .merge import Activity, frames
 from .registry import Registry, Topic
 from .settings import Settings
-from .subscription import Subscription, find_stream
+from .subscription import Subscription, find_stream, parse_subscription
 
 __all__ = ["Hub", "load_auth", "publish"]
 
@@ -43,6 +43,7 @@ class Response(Protocol):
     """What the hub needs of an open SSE response (`hub.sse.SSEResponse`)."""
 
     client: str | None  # the address whose stream it is, counted by the limits
+    transport: str  # "sse", "ws": connections are counted by it
 
     def close(self, last: bytes = b"") -> None: ...
 
@@ -119,10 +120,14 @@ class Hub:
 
     def track(self, response: Response) -> None:
         """Keep an open response, to ping while it is quiet and to close at shutdown."""
-        self._responses.add(response)
+        if response not in self._responses:
+            self._responses.add(response)
+            self.activity.connections[response.transport] += 1
 
     def untrack(self, response: Response) -> None:
-        self._responses.discard(response)
+        if response in self._responses:
+            self._responses.discard(response)
+            self.activity.connections[response.transport] -= 1
         if response.client is not None:
             self.limits.release(response.client)
 
@@ -199,6 +204,27 @@ class Hub:
     ) -> None:
         await self.stop()
 
+    def open(
+        self,
+        names: Sequence[str],
+        query: Iterable[tuple[str, str]] = (),
+        last_event_id: str | None = None,
+        access: Access | None = None,
+    ) -> Subscription:
+        """A validated subscription to the streams `names`, with the stream parameters
+        `query` (pairs, repeats included) and the cursor `last_event_id`, for the caller
+        `access` (trusted code when None); or the `RequestError` every way in answers with.
+        Nothing is opened yet: `frames()` does that."""
+        return parse_subscription(
+            self.registry,
+            names,
+            query,
+            last_event_id,
+            max_streams=self.settings.max_streams,
+            check_position=self.broker.check_position,
+            access=access if access is not None else _TRUSTED,
+        )
+
     def frames(
         self,
         subscription: Subscription,
@@ -220,7 +246,27 @@ class Hub:
         """
         definition = self.publishable(name)
         data = await self.encode(definition, events)
-        return await self.broker.publish(definition.name, data)
+        entries = await self.broker.publish(definition.name, data)
+        self.activity.published[definition.family_name] += len(entries)
+        return entries
+
+    async def publish_as(
+        self, access: Access, client: str, name: str, events: list[Any]
+    ) -> tuple[str, list[Entry]]:
+        """Publish for a client (`POST /streams/{name}/events`, a WebSocket's `publish`): its
+        grants, its rate limit, then `publish`. Returns the topic's name as the hub spells it
+        and the entries. Raises `RequestError`, a 503 when the broker cannot be reached."""
+        access.require_token("publishing")
+        name = self.publishable(name, access).name  # `room/007` is `room/7`
+        self.limits.take_publish(client, len(events))
+        started = time.perf_counter()
+        try:
+            entries = await self.publish(name, events)
+        except BrokerUnavailable as exc:
+            self.activity.broker_errors += 1
+            raise RequestError(503, "broker_unavailable", str(exc), retry_after=1) from None
+        self.activity.publish_latency(name, time.perf_counter() - started)
+        return name, entries
 
     def publishable(self, name: str, access: Access | None = None) -> Topic:
         """The topic `name` if `access` (trusted code when None) may publish to it; else a
@@ -472,6 +518,7 @@ class Producers:
             try:
                 lease = await broker.lease(name)
             except BrokerUnavailable as exc:
+                self._hub.activity.broker_errors += 1
                 if not failures:
                     logger.debug("shared stream %r waits for its broker: %s", name, exc)
                 failures += 1
@@ -486,6 +533,7 @@ class Producers:
         """Run the generator; True if it stopped because the broker is unavailable."""
         assert definition.producer is not None
         name, model, broker = definition.name, definition.event_model, self._hub.broker
+        published, family = self._hub.activity.published, definition.family_name
         try:
             async with aclosing(definition.producer()) as events:  # type: ignore[type-var]
                 async for event in events:
@@ -495,8 +543,10 @@ class Producers:
                             f"expected {model.__name__}"
                         )
                     await broker.publish(name, [event.model_dump_json()])
+                    published[family] += 1
         except BrokerUnavailable as exc:
             # Not the stream's fault: it runs again once the broker is back.
+            self._hub.activity.broker_errors += 1
             logger.debug("shared stream %r stops until its broker is back: %s", name, exc)
             broker.interrupt(name, str(exc))
             return True

@@ -34,7 +34,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from .auth import redact
 from .events import control_body
-from .merge import Drop
+from .merge import Activity, Drop
 
 __all__ = ["SSEResponse"]
 
@@ -52,7 +52,10 @@ _HEADERS = [
 
 
 class Tracker(Protocol):
-    """Who keeps the open responses, to ping and to close them (the `Hub`)."""
+    """Who keeps the open responses, to ping and to close them (the `Hub`), and counts what
+    they do (`activity`)."""
+
+    activity: Activity
 
     def track(self, response: SSEResponse) -> None: ...
 
@@ -67,6 +70,7 @@ class SSEResponse(Response):
     """
 
     media_type = "text/event-stream"
+    transport = "sse"  # as /metrics names it
     # Set only when used, so that an idle subscriber's response carries no more than it needs.
     client: str | None = None  # the address whose stream this is, for the hub's limits
     _last = b""  # the frames to end with when the hub closes it
@@ -136,6 +140,7 @@ class SSEResponse(Response):
             return
         self._task = asyncio.current_task()
         self._send_to = send
+        activity = self._tracker.activity if self._tracker is not None else Activity()
         # The server's hold on the connection, to drop it for real (`hub.protocol`).
         connection = scope.get("extensions", {}).get("hub.connection")
         if self._tracker is not None:
@@ -157,6 +162,7 @@ class SSEResponse(Response):
                     await self._send(
                         send, {"type": "http.response.body", "body": first, "more_body": True}
                     )
+                    activity.sse_bytes += len(first)
                 # Inline rather than in a helper: a subscriber's stack of frames lives as long
                 # as it does, and there are thousands of subscribers.
                 async for chunk in self.chunks:
@@ -171,6 +177,7 @@ class SSEResponse(Response):
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     self._last_send = time.monotonic()
                     self._sending_since = None
+                    activity.sse_bytes += len(chunk)
             finally:
                 await self.chunks.aclose()
             await self._send(send, {"type": "http.response.body", "body": b"", "more_body": False})
@@ -180,6 +187,7 @@ class SSEResponse(Response):
             # here on: the disconnect this causes must not cancel what follows.
             self._stopping = True
             logger.warning("cut off %s (%s): %s", _client(scope), _query(scope), drop.reason)
+            activity.cut_off["overflow"] += 1
             await self._end(send, b"", connection, drop=True)
         except asyncio.CancelledError:
             if not self._stopping:
@@ -188,6 +196,7 @@ class SSEResponse(Response):
             if current is not None:
                 current.uncancel()
             if self._cut_off is not None:
+                activity.cut_off["send_timeout"] += 1
                 logger.warning(
                     "cut off %s (%s): it accepted no frame for %.1f s (--send-timeout)",
                     _client(scope),
@@ -196,6 +205,7 @@ class SSEResponse(Response):
                 )
                 await self._drop(connection)
             elif self._dropped is not None:
+                activity.cut_off["overflow"] += 1
                 logger.warning(
                     "cut off %s (%s): %s (--buffer)", _client(scope), _query(scope), self._dropped
                 )
@@ -203,6 +213,7 @@ class SSEResponse(Response):
                     send, control_body("overflow", reason=self._dropped), connection, drop=True
                 )
             elif self._expired:
+                activity.cut_off["expired"] += 1
                 logger.info("ended %s (%s): its token expired", _client(scope), _query(scope))
                 await self._end(send, self._last, connection, drop=True)
             elif not self._disconnected:
@@ -276,6 +287,9 @@ class SSEResponse(Response):
             self._finishing = asyncio.ensure_future(step)
             self._finishing.add_done_callback(self._sent)
             return True
+        tracker = self._tracker
+        if tracker is not None:
+            tracker.activity.sse_bytes += len(frames)
         try:
             pending = step.send(None)
         except StopIteration:

@@ -5,7 +5,7 @@ Nothing is opened here: every mistake is found before the first byte is streamed
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ __all__ = [
     "available_streams",
     "find_stream",
     "parse_subscription",
+    "query_pairs",
     "split_streams",
     "unknown_stream",
 ]
@@ -71,6 +72,17 @@ def split_streams(values: Iterable[str]) -> list[str]:
             if name.strip():
                 names[name.strip()] = None
     return list(names)
+
+
+def query_pairs(params: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> list[tuple[str, str]]:
+    """Stream parameters given in Python (`{"message": "hi", "echo.interval": 0}`) as the
+    query's pairs of text; a list value repeats its parameter."""
+    pairs = []
+    for key, value in params.items() if isinstance(params, Mapping) else params:
+        for item in value if isinstance(value, list | tuple) else [value]:
+            text = ("true" if item else "false") if isinstance(item, bool) else str(item)
+            pairs.append((str(key), text))
+    return pairs
 
 
 def parse_subscription(

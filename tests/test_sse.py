@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from hub.merge import Activity
 from hub.sse import SSEResponse
 
 SCOPE: dict[str, Any] = {
@@ -66,6 +67,7 @@ class Tracked:
 
     def __init__(self) -> None:
         self.responses: set[SSEResponse] = set()
+        self.activity = Activity()  # what the responses count
 
     def track(self, response: SSEResponse) -> None:
         self.responses.add(response)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import re
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -193,6 +194,9 @@ class Broker(ABC):
         self.max_topics = max_topics
         self.idle_ttl = idle_ttl
         self._configs: dict[str, TopicConfig] = {}
+        # Events handed to this process's subscribers of each topic family (for /metrics):
+        # counted once per publish, the events times the readers.
+        self.delivered: Counter[str] = Counter()
 
     def declare(self, topic: str, config: TopicConfig, *, keyed: bool = False) -> None:
         """Make a topic known, with its history bounds, before it is used; those of a keyed

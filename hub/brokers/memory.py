@@ -216,6 +216,7 @@ class MemoryBroker(Broker):
             # arriving meanwhile either replays these or is pushed them, never both.
             state.seq += len(entries)
             state.append(entries)
+            self.delivered[topic.partition("/")[0]] += len(entries) * len(state.readers)
             await fan_out(state.readers, Run(entries))
         return entries
 

@@ -301,6 +301,8 @@ class _Connection:
                     ]
                     feed.after = entries[-1].position
                     self._ids[key] = _bulk(feed.after.encode())
+                    family = feed.topic.partition("/")[0]
+                    broker.delivered[family] += len(entries) * len(feed.readers)
                     await fan_out(feed.readers, Run(entries))
             except asyncio.CancelledError:
                 raise
