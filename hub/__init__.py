@@ -2,12 +2,17 @@
 
 __version__ = "0.1.0"
 
+from typing import TYPE_CHECKING, Any
+
 from .app import create_app
 from .auth import Principal
 from .events import Event, ReceivedAt
 from .registry import LastPosition, PluginError, Registry, Stream, Topic, stream, topic
 from .runtime import Hub, publish
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .embed import subscribe
 
 __all__ = [
     "Event",
@@ -24,5 +29,15 @@ __all__ = [
     "create_app",
     "publish",
     "stream",
+    "subscribe",
     "topic",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # `hub.subscribe` imports sse-starlette, which `hub serve` never needs: on first use.
+    if name == "subscribe":
+        from .embed import subscribe
+
+        return subscribe
+    raise AttributeError(f"module 'hub' has no attribute {name!r}")

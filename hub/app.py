@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
@@ -15,30 +14,32 @@ from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import Headers, QueryParams
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import __version__
+from . import __version__, asyncapi
 from .auth import QUERY_PARAMETER, Access, redact_logs
+from .bodies import is_json, published_json, read_json
 from .brokers import BrokerUnavailable
-from .cursor import quote_name
 from .errors import RequestError
 from .events import control_body, encode_retry
+from .merge import Activity
+from .metrics import Metrics
 from .registry import Definition, Registry, Topic
 from .runtime import Hub
 from .settings import Settings
 from .sse import SSEResponse
 from .subscription import (
     HUB_QUERY_PARAMETERS,
+    Subscription,
     find_stream,
-    parse_subscription,
     split_streams,
     unknown_stream,
 )
+from .ws import deny, serve_websocket
 
 __all__ = ["HubApp", "create_app", "create_app_from_env"]
 
@@ -82,6 +83,61 @@ class Catalog(BaseModel):
     streams: list[StreamInfo]
 
 
+# A stream parameter's value in a POST /events body: what a query parameter's text reads as.
+ParameterValue = (str, int, float, bool)
+
+
+class Selection(BaseModel):
+    """The body of POST /events: what `GET /events` takes in its query, as JSON."""
+
+    model_config = ConfigDict(extra="forbid")
+    streams: list[str] | str = Field(
+        default_factory=list,
+        description="Stream names (a keyed topic as `family/key`), or one comma-separated string.",
+        examples=[["echo", "room/lobby"]],
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Stream parameters, as in the query: `message` goes to every selected "
+        "stream declaring it, `echo.message` to `echo` alone; a list repeats a parameter.",
+        examples=[{"message": "hi", "echo.interval": 0.5}],
+    )
+    last_event_id: str | None = Field(
+        None, description="The cursor to resume from; a `Last-Event-ID` header wins over it."
+    )
+
+    def names(self) -> list[str]:
+        return split_streams([self.streams] if isinstance(self.streams, str) else self.streams)
+
+    def query(self) -> list[tuple[str, str]]:
+        """The parameters as the query's pairs of text; a 422 naming each value that is not
+        a string, a number, a boolean or a list of those."""
+        pairs, errors = [], []
+        for key, value in self.params.items():
+            for item in value if isinstance(value, list) else [value]:
+                if not isinstance(item, ParameterValue):
+                    errors.append(
+                        {
+                            "where": f"params.{key}",
+                            "message": "expected a string, a number, true or false, or a "
+                            f"list of those; got {type(item).__name__}",
+                        }
+                    )
+                    continue
+                text = ("true" if item else "false") if isinstance(item, bool) else str(item)
+                pairs.append((key, text))
+        if errors:
+            summary = "; ".join(f"{e['where']}: {e['message']}" for e in errors[:10])
+            raise RequestError(
+                422, "invalid_request", f"invalid selection: {summary}", errors=errors
+            )
+        return pairs
+
+
+# The largest POST /events body: 16 streams, their parameters and a cursor fit many times.
+MAX_SELECTION_BYTES = 64 * 1024
+
+
 class Published(BaseModel):
     positions: list[str] = Field(description="the topic position of each event, in order")
     ids: list[str] = Field(description="the id a subscriber of this topic alone sees for each")
@@ -115,10 +171,14 @@ class Health(BaseModel):
     )
 
 
-def _refusal(exc: RequestError, headers: Headers | None = None) -> Response:
+def _refusal(
+    exc: RequestError, headers: Headers | None = None, activity: Activity | None = None
+) -> Response:
     """The answer to a refused request: its JSON error, or, for a subscription refused for
     load from an `EventSource` (which gives up for good on any status but 200), a 200 with a
-    `retry:` backoff and one `hub.busy` frame naming the limit."""
+    `retry:` backoff and one `hub.busy` frame naming the limit. Counted in `activity`."""
+    if activity is not None:
+        activity.refused[exc.code] += 1
     if exc.load and headers is not None and "text/event-stream" in headers.get("accept", ""):
         delay = exc.retry_after if exc.retry_after is not None else 5.0
         body = encode_retry(int(delay * 1000)) + control_body(
@@ -152,21 +212,30 @@ class HubApp(FastAPI):
     """
 
     subscribe: Callable[[Scope], SSEResponse] | None = None
+    # POST /events: the subscription a JSON body selects
+    subscribe_posted: Callable[[Scope, Receive], Awaitable[SSEResponse]] | None = None
+    # every WebSocket connection (`/ws`, and a 404 for any other path)
+    serve_websocket: Callable[[Scope, Receive, Send], Awaitable[None]] | None = None
     cors: ASGIApp | None = None  # the /events endpoint behind CORS, when CORS is on
+    activity: Activity | None = None  # where refusals are counted
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            self.subscribe is not None
-            and scope["type"] == "http"
-            and scope["path"].removeprefix(scope.get("root_path", "")) == "/events"
-            and scope["method"] in ("GET", "HEAD", "OPTIONS")
-        ):
-            if self.cors is not None:
-                await self.cors(scope, receive, send)
-            else:
-                await self.events(scope)(scope, receive, send)
-        else:
-            await super().__call__(scope, receive, send)
+        if self.subscribe is not None:
+            kind = scope["type"]
+            if (
+                kind == "http"
+                and scope["path"].removeprefix(scope.get("root_path", "")) == "/events"
+                and scope["method"] in ("GET", "HEAD", "OPTIONS", "POST")
+            ):
+                if self.cors is not None:
+                    await self.cors(scope, receive, send)
+                else:
+                    await self._events_endpoint(scope, receive, send)
+                return
+            if kind == "websocket" and self.serve_websocket is not None:
+                await self.serve_websocket(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
     def events(self, scope: Scope) -> Response:
         """The response to a request for /events: a subscription, or a refusal."""
@@ -176,18 +245,31 @@ class HubApp(FastAPI):
                 RequestError(
                     405,
                     "method_not_allowed",
-                    "/events answers GET and HEAD; OPTIONS only as a CORS preflight from an "
-                    "allowed origin (--cors-origin)",
-                    allow=["GET", "HEAD"],
-                )
+                    "/events answers GET, HEAD and POST; OPTIONS only as a CORS preflight from "
+                    "an allowed origin (--cors-origin)",
+                    allow=["GET", "HEAD", "POST"],
+                ),
+                activity=self.activity,
             )
         try:
             return self.subscribe(scope)
         except RequestError as exc:
-            return _refusal(exc, Headers(scope=scope))
+            return _refusal(exc, Headers(scope=scope), self.activity)
+
+    async def posted(self, scope: Scope, receive: Receive) -> Response:
+        """The response to POST /events: a subscription, or a refusal."""
+        assert self.subscribe_posted is not None
+        try:
+            return await self.subscribe_posted(scope, receive)
+        except RequestError as exc:
+            return _refusal(exc, Headers(scope=scope), self.activity)
 
     async def _events_endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.events(scope)(scope, receive, send)
+        if scope["method"] == "POST":
+            response = await self.posted(scope, receive)
+        else:
+            response = self.events(scope)
+        await response(scope, receive, send)
 
 
 def describe(definition: Definition) -> StreamInfo:
@@ -205,6 +287,11 @@ def describe(definition: Definition) -> StreamInfo:
         key=topic.key_schema() if topic else None,
     )
 
+
+_SELECTION_HINT = (
+    'send {"streams": ["echo", "room/lobby"], "params": {"message": "hi"}, '
+    '"last_event_id": "<cursor>"} (only "streams" is needed)'
+)
 
 _EVENTS_DESCRIPTION = """\
 Open the selected streams and receive their events merged into one Server-Sent-Events
@@ -276,12 +363,20 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     # uvicorn's access log writes each request's target: a query token must not be in it.
     redact_logs("uvicorn.access", "hub")
 
+    metrics = Metrics(hub, settings.metrics_token) if settings.metrics else None
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         async with hub:
-            # The lifespan's state is shared with the server: the hub's HTTP protocol finds
-            # its hub there (`hub.protocol`).
-            yield {"hub": hub}
+            if metrics is not None:
+                metrics.start()
+            try:
+                # The lifespan's state is shared with the server: the hub's protocols find
+                # their hub there (`hub.protocol`).
+                yield {"hub": hub}
+            finally:
+                if metrics is not None:
+                    await metrics.stop()
 
     app = HubApp(
         title="hub",
@@ -305,7 +400,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
 
     @app.exception_handler(RequestError)
     async def refuse(request: Request, exc: RequestError) -> Response:
-        return _refusal(exc, request.headers)
+        return _refusal(exc, request.headers, hub.activity)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -317,7 +412,8 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
                 "not_found",
                 f"no route {request.url.path!r}; the hub serves /events, /streams, "
                 "/streams/{name}, /streams/{name}/events (a keyed topic: /streams/{name}/{key} "
-                "and /streams/{name}/{key}/events), /health and /docs",
+                "and /streams/{name}/{key}/events), /ws, /health, /metrics, /asyncapi.json "
+                "and /docs",
             )
         elif exc.status_code == 405:
             allowed = (exc.headers or {}).get("Allow", "")
@@ -330,7 +426,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             )
         else:
             error = RequestError(exc.status_code, "http_error", str(exc.detail))
-        return _refusal(error)
+        return _refusal(error, activity=hub.activity)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
@@ -340,7 +436,8 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         ]
         summary = "; ".join(f"{e['where']}: {e['message']}" for e in errors)
         return _refusal(
-            RequestError(422, "invalid_request", f"invalid request: {summary}", errors=errors)
+            RequestError(422, "invalid_request", f"invalid request: {summary}", errors=errors),
+            activity=hub.activity,
         )
 
     def access_of(scope: Scope, query: QueryParams | None = None) -> Access:
@@ -351,19 +448,22 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             query = QueryParams(scope["query_string"])
         return auth.access(scope["headers"], query.get(QUERY_PARAMETER))
 
-    def subscribe(scope: Scope) -> SSEResponse:
-        """The response to GET /events, or a RequestError before anything is opened."""
+    def admit(scope: Scope, selection: Selection | None = None) -> tuple[Subscription, Access, str]:
+        """Every way in (GET and POST /events, /ws): the subscription the request selects (in
+        its query, or in `selection`), the caller's access and address; or a RequestError
+        before anything is opened. The client is counted by the limits until the hub releases
+        it (`Hub.untrack`)."""
         query = QueryParams(scope["query_string"])
         access = access_of(scope, query)
+        if selection is None:
+            names = split_streams(query.getlist("streams"))
+            pairs = [(k, v) for k, v in query.multi_items() if k not in HUB_QUERY_PARAMETERS]
+            cursor = query.get("last_event_id")
+        else:
+            names, pairs, cursor = selection.names(), selection.query(), selection.last_event_id
         header_cursor = Headers(scope=scope).get("last-event-id")
-        subscription = parse_subscription(
-            registry,
-            split_streams(query.getlist("streams")),
-            [(key, value) for key, value in query.multi_items() if key not in HUB_QUERY_PARAMETERS],
-            header_cursor if header_cursor is not None else query.get("last_event_id"),
-            max_streams=settings.max_streams,
-            check_position=hub.broker.check_position,
-            access=access,
+        subscription = hub.open(
+            names, pairs, header_cursor if header_cursor is not None else cursor, access
         )
         if hub.stopping:
             raise RequestError(
@@ -375,6 +475,9 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             )
         client = _client(scope)
         hub.limits.admit(client)
+        return subscription, access, client
+
+    def respond(subscription: Subscription, access: Access, client: str) -> SSEResponse:
         response = SSEResponse(tracker=hub)
         response.client = client  # the hub releases it when the response is over
         if access.expires is not None:
@@ -383,6 +486,52 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             subscription, preamble=preamble, direct=response.send_now, drop=response.drop
         )
         return response
+
+    def subscribe(scope: Scope) -> SSEResponse:
+        """The response to GET /events, or a RequestError before anything is opened."""
+        return respond(*admit(scope))
+
+    async def subscribe_posted(scope: Scope, receive: Receive) -> SSEResponse:
+        """The response to POST /events, or a RequestError before anything is opened."""
+        request = Request(scope, receive)
+        if not is_json(request.headers.get("content-type", "")):
+            raise RequestError(
+                415,
+                "unsupported_media_type",
+                "send the selection with Content-Type: application/json (got "
+                f"{request.headers.get('content-type', 'none')!r})",
+                accepted=["application/json"],
+            )
+        payload = await read_json(
+            request, MAX_SELECTION_BYTES, settings.body_timeout, _SELECTION_HINT
+        )
+        try:
+            selection = Selection.model_validate(payload)
+        except ValidationError as exc:
+            errors = [
+                {"where": ".".join(str(part) for part in e["loc"]) or "(body)", "message": e["msg"]}
+                for e in exc.errors(include_url=False)
+            ]
+            summary = "; ".join(f"{e['where']}: {e['message']}" for e in errors[:10])
+            raise RequestError(
+                422,
+                "invalid_request",
+                f"invalid selection: {summary}; {_SELECTION_HINT}",
+                errors=errors,
+            ) from None
+        return respond(*admit(scope, selection))
+
+    async def websocket(scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"].removeprefix(scope.get("root_path", ""))
+        if path == "/ws":
+            await serve_websocket(hub, scope, receive, send, admit)
+            return
+        await receive()
+        refusal = RequestError(
+            404, "not_found", f"no WebSocket route {path[:200]!r}; the hub's WebSocket is /ws"
+        )
+        hub.activity.refused[refusal.code] += 1
+        await deny(scope, send, refusal)
 
     @app.get(
         "/events",
@@ -422,7 +571,57 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         # /events and answers where the app is mounted without it.
         return subscribe(request.scope)
 
+    @app.post(
+        "/events",
+        summary="Subscribe with the selection in a JSON body",
+        description="The same subscription, response and errors as `GET /events`, for clients "
+        "that cannot put a long selection in a URL (fetch-based SSE clients). A "
+        "`Last-Event-ID` header wins over the body's `last_event_id`.",
+        response_class=SSEResponse,
+        response_model=None,
+        status_code=200,
+        responses={
+            200: {"content": {"text/event-stream": {}}, "description": "the merged frames"},
+            **_ERRORS,
+            408: _PUBLISH_ERRORS[408],
+            413: {"model": ErrorBody, "description": "the body is over 64 KiB"},
+            415: _PUBLISH_ERRORS[415],
+        },
+    )
+    async def events_posted(
+        request: Request,
+        selection: Selection,
+        last_event_id_header: str | None = Header(
+            None,
+            alias="Last-Event-ID",
+            description="The cursor to resume from; wins over the body.",
+        ),
+    ) -> SSEResponse:
+        # Served by HubApp.__call__ too; this route documents it.
+        return respond(*admit(request.scope, selection))
+
+    @app.get(
+        "/ws",
+        summary="The WebSocket (a GET without Upgrade is refused)",
+        description="`/ws` takes the query of `GET /events` and sends each event as one JSON "
+        'text message, `{"event", "id", "data"}`; a client publishes with '
+        '`{"publish": "<topic>", "data": {...}}`. `/asyncapi.json` describes it.',
+        status_code=426,
+        responses={426: {"model": ErrorBody, "description": "not a WebSocket handshake"}},
+    )
+    async def websocket_over_http() -> Response:
+        raise RequestError(
+            426,
+            "upgrade_required",
+            "/ws is a WebSocket: open it with a WebSocket client (Upgrade: websocket); for "
+            "Server-Sent Events use /events",
+            upgrade="websocket",
+        )
+
     app.subscribe = subscribe
+    app.subscribe_posted = subscribe_posted
+    app.serve_websocket = websocket
+    app.activity = hub.activity
     if settings.cors_origins:
         app.cors = CORSMiddleware(app._events_endpoint, **cors)  # type: ignore[arg-type]
 
@@ -448,7 +647,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         access = access_of(request.scope)
         access.require_token("publishing")
         name = hub.publishable(name, access).name  # `room/007` is `room/7`
-        if not _is_json(request.headers.get("content-type", "")):
+        if not is_json(request.headers.get("content-type", "")):
             raise RequestError(
                 415,
                 "unsupported_media_type",
@@ -456,19 +655,10 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
                 f"{request.headers.get('content-type', 'none')!r})",
                 accepted=["application/json"],
             )
-        payload = await _read_json(request, settings.max_publish_bytes, settings.body_timeout)
+        payload = await read_json(request, settings.max_publish_bytes, settings.body_timeout)
         events = payload if isinstance(payload, list) else [payload]
-        hub.limits.take_publish(_client(request.scope), len(events))
-        try:
-            entries = await hub.publish(name, events)
-        except BrokerUnavailable as exc:
-            raise RequestError(503, "broker_unavailable", str(exc), retry_after=1) from None
-        positions = [entry.position for entry in entries]
-        prefix = quote_name(name) + ":"
-        # `Published`, written here rather than validated and encoded by FastAPI: a batch of
-        # 50,000 events answers 100,000 strings, which that would take a tenth of a second on.
-        ids = json.dumps([prefix + position for position in positions])
-        body = f'{{"positions":{json.dumps(positions)},"ids":{ids}}}'
+        name, entries = await hub.publish_as(access, _client(request.scope), name, events)
+        body = published_json(name, [entry.position for entry in entries])
         return Response(body, 201, media_type="application/json")
 
     @app.post(
@@ -542,6 +732,45 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
                 return JSONResponse(document.full())
             return JSONResponse(document.for_access(access_of(request.scope)))
 
+    @app.get(
+        "/asyncapi.json",
+        summary="The AsyncAPI 3.0 document",
+        description="Every stream the caller may see as a channel with its parameters and its "
+        "event's JSON Schema, and the operations that reach it: SSE (`GET` and `POST "
+        "/events`), the WebSocket (`/ws`), publishing.",
+        responses={401: _ERRORS[401]},
+    )
+    async def asyncapi_document(request: Request) -> JSONResponse:
+        access = access_of(request.scope)
+        visible = [d for d in registry if access.sees(d)]
+        publishable = [
+            t.name for t in hub.topics.values() if t.producer is None and access.may_publish(t)
+        ]
+        host = request.headers.get("host", "")[:255] or f"{settings.host}:{settings.port}"
+        return JSONResponse(asyncapi.document(visible, publishable, host, auth.enabled))
+
+    if metrics is not None:
+
+        @app.get(
+            "/metrics",
+            summary="Prometheus metrics",
+            description="The hub's figures in the Prometheus text format: connections by "
+            "transport, subscriptions, events published and delivered by stream family, bytes "
+            "sent, subscribers cut off by reason, refusals by code, broker errors, shared "
+            "producers, publish latency. With --workers, every worker's. With "
+            "--metrics-token, it asks for `Authorization: Bearer <token>`.",
+            response_class=Response,
+            responses={
+                200: {"content": {"text/plain": {}}, "description": "the exposition"},
+                401: {"model": ErrorBody, "description": "the metrics token is missing or wrong"},
+            },
+        )
+        async def get_metrics(request: Request) -> Response:
+            assert metrics is not None
+            metrics.check(request.headers)
+            body, content_type = metrics.exposition()
+            return Response(body, media_type=content_type)
+
     @app.get("/health", summary="Liveness and current load")
     async def health(request: Request) -> Health:
         buffered, most = hub.broker.buffered()
@@ -570,91 +799,6 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         )
 
     return app
-
-
-def _is_json(content_type: str) -> bool:
-    media_type = content_type.partition(";")[0].strip().lower()
-    return media_type == "application/json"
-
-
-async def _read_json(request: Request, limit: int, timeout: float) -> Any:
-    """The request's JSON body, read no further than `limit` bytes and within `timeout` s."""
-    too_large = RequestError(
-        413, "body_too_large", f"the body is over the limit of {limit} bytes", limit=limit
-    )
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large
-    body = bytearray()
-    try:
-        async with asyncio.timeout(timeout):
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > limit:
-                    raise too_large
-    except TimeoutError:
-        raise RequestError(
-            408,
-            "body_timeout",
-            f"the body did not arrive within {timeout:g} s ({len(body)} bytes came)",
-        ) from None
-    except ClientDisconnect:
-        # Nobody reads this answer; it ends the request without a traceback.
-        raise RequestError(400, "incomplete_body", "the client left before its body") from None
-    try:
-        if len(body) > _JSON_IN_A_THREAD:
-            # A large body is parsed in a thread: the pairs hook runs Python code, so the
-            # loop gets its turns meanwhile instead of waiting for the whole parse.
-            return await asyncio.to_thread(_parse_json, bytes(body))
-        return _parse_json(body)
-    except _DuplicateKey as exc:
-        raise RequestError(
-            422,
-            "invalid_events",
-            f"the key {exc.key!r} appears twice in one object; each key once",
-            errors=[{"field": exc.key, "message": "given twice in one object"}],
-        ) from None
-    except RecursionError:
-        raise RequestError(
-            400, "malformed_json", "the body nests too deep to read; events nest 32 levels at most"
-        ) from None
-    except ValueError as exc:  # also bad UTF-8
-        raise RequestError(
-            400,
-            "malformed_json",
-            f"the body is not JSON: {exc}; send one event as a JSON "
-            "object, or several as a JSON array",
-        ) from None
-
-
-# Bodies larger than this are parsed off the loop.
-_JSON_IN_A_THREAD = 64 * 1024
-
-
-class _DuplicateKey(ValueError):
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise _DuplicateKey(key)
-            seen.add(key)
-    return result
-
-
-def _parse_json(body: bytes | bytearray) -> Any:
-    # NaN and Infinity are not JSON: refused like any other non-JSON.
-    return json.loads(body, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")
 
 
 def _errors_as_json(schema: dict[str, Any]) -> None:

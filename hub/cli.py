@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import copy
 import gc
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import FrameType
 from typing import Any
 
 from . import __version__
 from .brokers import BrokerUnavailable, broker_from_url
+from .metrics import forget_process
 from .registry import PluginError, Registry
 from .runtime import load_auth
 from .settings import Settings, SettingsError, comma_list
@@ -172,6 +176,18 @@ def _parser() -> argparse.ArgumentParser:
         help="proxies trusted with --proxy-headers, comma-separated, '*' for any "
         "(default 127.0.0.1,::1)",
     )
+    serve.add_argument(
+        "--no-metrics",
+        dest="metrics",
+        action="store_false",
+        default=None,
+        help="serve no GET /metrics (Prometheus; on by default)",
+    )
+    serve.add_argument(
+        "--metrics-token",
+        metavar="TOKEN",
+        help="GET /metrics asks for 'Authorization: Bearer TOKEN' (env HUB_METRICS_TOKEN)",
+    )
     auth = serve.add_argument_group(
         "authorization",
         "off unless a key is given; then every stream that is not public needs a token whose "
@@ -304,6 +320,14 @@ def _serve(settings: Settings, registry: Registry, *, reload: bool, workers: int
         "log_config": log_config,
         # The hub's connections: head limits, aborts, a bounded shutdown (hub/protocol.py).
         "http": "hub.protocol:HubProtocol",
+        # /ws: the same, for WebSockets. Protocol pings at the SSE ping interval, a pong due
+        # within the send timeout; a message as large as a publish body; no compression,
+        # which would cost every idle socket tens of kilobytes of zlib state.
+        "ws": "hub.protocol:HubWebSocketProtocol",
+        "ws_ping_interval": settings.ping_interval or None,
+        "ws_ping_timeout": settings.send_timeout or None,
+        "ws_max_size": settings.max_publish_bytes + 1024,
+        "ws_per_message_deflate": False,
         "timeout_keep_alive": settings.keep_alive,
         # The hub aborts what is left before this; uvicorn's own cut is a last resort.
         "timeout_graceful_shutdown": settings.shutdown_grace,
@@ -322,7 +346,8 @@ def _serve(settings: Settings, registry: Registry, *, reload: bool, workers: int
         # The workers import the app afresh, configured by environment.
         os.environ.update(settings.to_env())
         config = uvicorn.Config("hub.cli:app_from_env", factory=True, workers=workers, **options)
-        _Supervisor(config, [config.bind_socket()], settings.shutdown_grace).run()
+        with _metrics_directory(settings.metrics):
+            _Supervisor(config, [config.bind_socket()], settings.shutdown_grace).run()
         return 0
     app = create_app(settings, registry)
     app.state.hub.on_shutdown.append(_exit_by_deadline)
@@ -371,6 +396,25 @@ def _exit_by_deadline(grace: float) -> None:
     threading.Thread(target=watch, name="hub shutdown deadline", daemon=True).start()
 
 
+@contextlib.contextmanager
+def _metrics_directory(metrics: bool) -> Iterator[None]:
+    """With several workers, the directory where prometheus-client's multiprocess mode keeps
+    each worker's figures, so that a scrape of any worker counts them all: yours if
+    PROMETHEUS_MULTIPROC_DIR is set, else one made for this run and removed after it."""
+    from .metrics import MULTIPROCESS_DIR
+
+    if not metrics or os.environ.get(MULTIPROCESS_DIR):
+        yield
+        return
+    directory = tempfile.mkdtemp(prefix="hub-metrics-")
+    os.environ[MULTIPROCESS_DIR] = directory
+    try:
+        yield
+    finally:
+        del os.environ[MULTIPROCESS_DIR]
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 class _Supervisor:
     """uvicorn's supervisor of `--workers`, made prompt and bounded: on SIGTERM or SIGINT it
     stops listening at once (uvicorn's keeps its copy of the socket open until the workers
@@ -382,6 +426,14 @@ class _Supervisor:
         from uvicorn.supervisors import Multiprocess
 
         class Supervisor(Multiprocess):
+            def keep_subprocess_alive(self) -> None:
+                before = [process.pid for process in self.processes]
+                super().keep_subprocess_alive()
+                after = {process.pid for process in self.processes}
+                for pid in before:
+                    if pid is not None and pid not in after:
+                        forget_process(pid)  # a worker that died: its gauges stop counting
+
             def join_all(self) -> None:
                 deadline = time.monotonic() + grace + 1
                 for process in self.processes:

@@ -45,14 +45,17 @@ from typing import TYPE_CHECKING, Any
 import httptools
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
+from websockets.exceptions import InvalidState
+from websockets.http11 import Request as WebSocketRequest
 
 from .errors import RequestError
 
 if TYPE_CHECKING:
     from .runtime import Hub
 
-__all__ = ["MAX_HEADER_BYTES", "MAX_TARGET_BYTES", "HubProtocol"]
+__all__ = ["MAX_HEADER_BYTES", "MAX_TARGET_BYTES", "HubProtocol", "HubWebSocketProtocol"]
 
 logger = logging.getLogger("hub")
 
@@ -300,6 +303,15 @@ class HubProtocol(HttpToolsProtocol):
         if hub is not None and hub.shutdown_deadline is not None:
             self._abort_by(hub.shutdown_deadline)
 
+    def handle_websocket_upgrade(self) -> None:
+        # The connection goes on under the WebSocket protocol (`HubWebSocketProtocol`), which
+        # counts it from here and lets it go when it is lost: this one never hears of it again.
+        guard = self._guard
+        if guard.flags & _COUNTED and guard.hub is not None:
+            guard.hub.limits.connections -= 1
+            guard.flags &= ~_COUNTED
+        super().handle_websocket_upgrade()
+
     def send_400_response(self, msg: str) -> None:
         self._refuse(
             RequestError(400, "malformed_request", f"the request is not valid HTTP/1.1: {msg}")
@@ -312,6 +324,8 @@ class HubProtocol(HttpToolsProtocol):
         """Answer with a JSON error and close; nothing more is read from this connection."""
         guard = self._guard
         guard.flags |= _REFUSED
+        if guard.hub is not None:
+            guard.hub.activity.refused[refusal.code] += 1
         if guard.head_timer is not None:
             guard.head_timer.cancel()
             guard.head_timer = None
@@ -357,3 +371,106 @@ def _throttled(what: str, message: str, protocol: HubProtocol) -> None:
     client = f"{protocol.client[0]}:{protocol.client[1]}" if protocol.client else "?"
     more = f" (and {since} more like it in the last 10 s)" if since else ""
     logger.warning("%s, from %s%s", message, client, more)
+
+
+class HubWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol, with what the hub's HTTP connections have: counted in the
+    connection limit, `hub.connection` in the scope (`abort`, `close_soon`), and a shutdown
+    that lets the hub say goodbye: its first call ends every stream (`Hub.begin_shutdown`),
+    each socket gets `hub.shutdown` and close code 1001 from the hub, and any still open at the
+    hub's deadline is aborted (uvicorn's own would close them at once, with 1012)."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.hub: Hub | None = app_state.get("hub")
+        self._abort_timer: asyncio.TimerHandle | None = None
+        self._lost = False
+        self._counted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.hub is not None:
+            self.hub.limits.connections += 1
+            self._counted = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._counted and self.hub is not None:
+            self.hub.limits.connections -= 1
+            self._counted = False
+        self._lost = True
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
+            self._abort_timer = None
+        super().connection_lost(exc)
+
+    def handle_connect(self, event: WebSocketRequest) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None:
+            scope["extensions"]["hub.connection"] = self
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
+            # A denial is a complete answer: without this, uvicorn logs an ERROR that the app
+            # "returned without completing handshake" for every refused socket.
+            self.handshake_complete = True
+
+    def abort(self) -> None:
+        """Drop the connection now (see `HubProtocol.abort`)."""
+        if self._lost:
+            return
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _NO_LINGER)
+            except OSError:
+                pass
+        self.transport.abort()
+
+    def close_now(self, texts: list[str], code: int, reason: str) -> bool:
+        """Send `texts` and a close frame at once, without waiting for the peer to take what
+        is queued before them (a subscriber that fell behind may never take it): a bounded
+        few bytes more in the buffer. Then the closing handshake has `CLOSE_WITHIN` seconds,
+        or the connection is aborted. False if it is closed or closing already."""
+        if self.close_sent or self._lost or self.transport.is_closing():
+            return False
+        try:
+            for text in texts:
+                self.conn.send_text(text.encode())
+            self.conn.send_close(code, reason)
+        except InvalidState:
+            return False
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        if self.read_paused:  # to read the peer's close
+            self.read_paused = False
+            self.transport.resume_reading()
+        self._abort_by(self.loop.time() + CLOSE_WITHIN)
+        return True
+
+    def _abort_by(self, when: float) -> None:
+        if self._lost:
+            return
+        timer = self._abort_timer
+        if timer is not None:
+            if timer.when() <= when:
+                return
+            timer.cancel()
+        self._abort_timer = self.loop.call_at(when, self.abort)
+
+    def shutdown(self) -> None:
+        hub = self.hub
+        if hub is None or not self.handshake_complete or self.close_sent:
+            super().shutdown()
+            return
+        hub.begin_shutdown()  # the app sends hub.shutdown and closes with 1001
+        if hub.shutdown_deadline is not None:
+            self._abort_by(hub.shutdown_deadline)

@@ -61,6 +61,9 @@ class Settings:
     auth_leeway: float = 5.0  # seconds of clock skew allowed on `exp` and `nbf`
     # Streams readable without a token (names or globs), besides those declared public.
     public: tuple[str, ...] = ()
+    # GET /metrics (Prometheus), and the bearer token it asks for, if any.
+    metrics: bool = True
+    metrics_token: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         for name in ("port", "retry", "max_connections", "max_connections_per_client"):
@@ -150,6 +153,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "auth_issuer": str,
     "auth_leeway": float,
     "public": comma_list,
+    "metrics": _boolean,
+    "metrics_token": str,
 }
 
 

@@ -1,0 +1,1 @@
+"""Complete example apps, runnable as they are (see the README)."""
