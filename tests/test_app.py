@@ -493,4 +493,4 @@ def test_head_gives_the_headers_and_ends(hub_server: HubServer) -> None:
 def test_options_without_cors_says_what_is_allowed(hub_server: HubServer) -> None:
     response = httpx.options(hub_server.url + "/events", timeout=TIMEOUT)
     assert response.status_code == 405
-    assert response.headers["allow"] == "GET, HEAD"
+    assert response.headers["allow"] == "GET, HEAD, POST"

@@ -6,11 +6,12 @@ must be one the document describes: a documented status code, a documented conte
 that fits the documented schema, and never a server error. The same goes for methods the
 document does not list on a path (405 with `Allow`).
 
-`GET /events` is the exception that needs care: when the selection is valid, its 200 is an SSE
+`GET /events` (and `POST /events`, the same with the selection in a body) is the exception
+that needs care: when the selection is valid, its 200 is an SSE
 stream that never ends (a topic waits for publishes, `echo` repeats every second), so the usual
 "send, read the whole body, validate" would hang. Adding `count=1` does not make it
 terminate either (a topic with `count=1` waits for the next publish), and a read timeout would
-turn a live stream into a transport error. So that one operation is sent by this file, streamed:
+turn a live stream into a transport error. So those operations are sent by this file, streamed:
 the head is read, and then
 - a 200 is checked for what the document can say of a stream (status 200 documented, content
   type `text/event-stream`) plus the hub's own contract for its first chunk (it starts with the
@@ -94,7 +95,7 @@ def test_the_running_hub_serves_the_document_tested_here(server: HubServer) -> N
 
 
 def _is_events_stream(case: schemathesis.Case) -> bool:
-    return case.path == "/events" and case.method.upper() == "GET"
+    return case.path == "/events" and case.method.upper() in ("GET", "POST")
 
 
 @schema.parametrize()

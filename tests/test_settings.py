@@ -229,6 +229,8 @@ def test_to_env_round_trips(settings: Settings) -> None:
         "HUB_AUTH_ISSUER",
         "HUB_AUTH_LEEWAY",
         "HUB_PUBLIC",
+        "HUB_METRICS",
+        "HUB_METRICS_TOKEN",
     }
     assert all(isinstance(value, str) for value in env.values())
     assert Settings.from_env(env) == settings
