@@ -466,6 +466,12 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
             timer.cancel()
         self._abort_timer = self.loop.call_at(when, self.abort)
 
+    def keepalive_timeout(self) -> None:
+        # uvicorn closes a socket that left a ping unanswered with a flushing close, which
+        # never ends if the peer stopped reading: abort it if it has not ended in time.
+        super().keepalive_timeout()
+        self._abort_by(self.loop.time() + CLOSE_WITHIN)
+
     def shutdown(self) -> None:
         hub = self.hub
         if hub is None or not self.handshake_complete or self.close_sent:

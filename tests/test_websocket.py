@@ -361,6 +361,30 @@ def test_protocol_pings_keep_the_socket_alive(hub_server: HubServer) -> None:
         client.close()
 
 
+def test_sockets_are_counted_in_the_connection_limit_and_released() -> None:
+    # An upgrade used to leave the HTTP connection's count behind for good: enough
+    # WebSocket handshakes, even refused ones, and the hub answered everyone 503.
+    with HubServer() as server:
+        for query in ["streams=echo", "streams=nope", ""] * 10:
+            try:
+                with connect(ws_url(server, query)) as ws:
+                    receive(ws)
+            except InvalidStatus:
+                pass
+        wait_until(lambda: get(server, "/health").json()["connections"] == 1, 5)
+
+
+def test_a_client_that_answers_no_ping_is_dropped() -> None:
+    with HubServer(args=["--ping-interval", "0.5", "--send-timeout", "1"]) as server:
+        client = RawSocket(server, "streams=chat")  # it never reads again: no pong
+        try:
+            wait_until(lambda: get(server, "/health").json()["subscriptions"] == 1, 5)
+            wait_until(lambda: get(server, "/health").json()["subscriptions"] == 0, 10)
+            assert get(server, "/health").json()["clients"] == 0
+        finally:
+            client.close()
+
+
 def test_a_slow_consumer_is_cut_off_with_1013_and_the_others_keep_up() -> None:
     args = ["--buffer", "20", "--send-timeout", "30", "--ping-interval", "0"]
     with HubServer(args=args) as server:
