@@ -155,13 +155,7 @@ class HubProtocol(HttpToolsProtocol):
         descriptor closed."""
         if self._guard.flags & _LOST:
             return
-        sock = self.transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _NO_LINGER)
-            except OSError:
-                pass
-        self.transport.abort()
+        _abort(self.transport)
 
     def close_soon(self, within: float = CLOSE_WITHIN) -> None:
         """Close once what is buffered has gone out, or abort after `within` seconds."""
@@ -356,6 +350,18 @@ class HubProtocol(HttpToolsProtocol):
         _throttled(refusal.code, f"refused a connection: {refusal.status} {refusal.code}", self)
 
 
+def _abort(transport: asyncio.Transport) -> None:
+    """`SO_LINGER` 0, then `transport.abort()`: nothing is left in the kernel for the peer,
+    it gets a RST, and the descriptor is closed at once."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _NO_LINGER)
+        except OSError:
+            pass
+    transport.abort()
+
+
 _LOGGED: dict[str, tuple[float, int]] = {}  # what -> (when last logged, how many since)
 
 
@@ -375,7 +381,7 @@ def _throttled(what: str, message: str, protocol: HubProtocol) -> None:
 
 class HubWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's WebSocket protocol, with what the hub's HTTP connections have: counted in the
-    connection limit, `hub.connection` in the scope (`abort`, `close_soon`), and a shutdown
+    connection limit, `hub.connection` in the scope (`abort`, `close_now`), and a shutdown
     that lets the hub say goodbye: its first call ends every stream (`Hub.begin_shutdown`),
     each socket gets `hub.shutdown` and close code 1001 from the hub, and any still open at the
     hub's deadline is aborted (uvicorn's own would close them at once, with 1012)."""
@@ -426,13 +432,7 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         """Drop the connection now (see `HubProtocol.abort`)."""
         if self._lost:
             return
-        sock = self.transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _NO_LINGER)
-            except OSError:
-                pass
-        self.transport.abort()
+        _abort(self.transport)
 
     def close_now(self, texts: list[str], code: int, reason: str) -> bool:
         """Send `texts` and a close frame at once, without waiting for the peer to take what
