@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,6 +47,21 @@ def data_of(source: EventSource, name: str) -> Iterator[dict[str, Any]]:
 
 def positions(cursor: str) -> dict[str, str]:
     return dict(part.split(":", 1) for part in cursor.split(","))
+
+
+def room() -> str:
+    """A keyed chat room of its own, for a test on a shared hub."""
+    return f"room/{uuid.uuid4().hex[:12]}"
+
+
+def publish_chat(server: HubServer, name: str, *texts: str) -> list[str]:
+    """Publish a chat message per text to `name` (ana's); the ids a subscriber of it alone
+    sees."""
+    events = [{"user": "ana", "text": text} for text in texts]
+    answer = httpx.post(f"{server.url}/streams/{name}/events", json=events, timeout=TIMEOUT)
+    assert answer.status_code == 201, answer.text
+    ids: list[str] = answer.json()["ids"]
+    return ids
 
 
 def get(server: HubServer, path: str, **kwargs: Any) -> httpx.Response:

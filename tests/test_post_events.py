@@ -3,27 +3,14 @@
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
 import httpx
 import pytest
 from httpx_sse import connect_sse
-from support import TIMEOUT, get
+from support import TIMEOUT, get, publish_chat, room
 
 from hub.testing import HubServer
-
-
-def room() -> str:
-    return f"room/{uuid.uuid4().hex[:12]}"
-
-
-def publish(server: HubServer, name: str, *texts: str) -> list[str]:
-    events = [{"user": "ana", "text": text} for text in texts]
-    answer = httpx.post(f"{server.url}/streams/{name}/events", json=events, timeout=TIMEOUT)
-    assert answer.status_code == 201, answer.text
-    ids: list[str] = answer.json()["ids"]
-    return ids
 
 
 def posted(server: HubServer, body: Any, **options: Any) -> httpx.Response:
@@ -32,7 +19,7 @@ def posted(server: HubServer, body: Any, **options: Any) -> httpx.Response:
 
 def test_the_same_frames_as_get(hub_server: HubServer) -> None:
     lobby = room()
-    ids = publish(hub_server, lobby, "one", "two", "three")
+    ids = publish_chat(hub_server, lobby, "one", "two", "three")
     query = {"streams": f"{lobby},counter", "last_event_id": ids[0], "count": 2, "interval": 0}
     by_get = get(hub_server, "/events", params=query)
     body = {
@@ -73,7 +60,7 @@ def test_a_comma_separated_string_and_lists_of_values(hub_server: HubServer) -> 
 
 def test_a_last_event_id_header_wins_over_the_body(hub_server: HubServer) -> None:
     lobby = room()
-    ids = publish(hub_server, lobby, "a", "b", "c")
+    ids = publish_chat(hub_server, lobby, "a", "b", "c")
     body = {"streams": [lobby], "params": {"count": 1}, "last_event_id": ids[0]}
     with httpx.Client(base_url=hub_server.url, timeout=TIMEOUT) as client:
         with connect_sse(

@@ -11,13 +11,12 @@ import json
 import signal
 import socket
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from support import TIMEOUT, get
+from support import TIMEOUT, get, publish_chat, room
 from test_auth import KEY, PLUGIN, mint
 from test_hardening import wait_until
 from websockets.client import ClientProtocol
@@ -49,14 +48,6 @@ def messages_until_closed(ws: ClientConnection) -> list[dict[str, Any]]:
         return received
 
 
-def publish(server: HubServer, name: str, *texts: str) -> list[str]:
-    events = [{"user": "ana", "text": text} for text in texts]
-    answer = httpx.post(f"{server.url}/streams/{name}/events", json=events, timeout=TIMEOUT)
-    assert answer.status_code == 201, answer.text
-    ids: list[str] = answer.json()["ids"]
-    return ids
-
-
 def sse_events(server: HubServer, params: dict[str, Any]) -> list[dict[str, Any]]:
     """The same subscription over SSE, as the messages /ws would give."""
     response = httpx.get(f"{server.url}/events", params=params, timeout=TIMEOUT)
@@ -67,16 +58,12 @@ def sse_events(server: HubServer, params: dict[str, Any]) -> list[dict[str, Any]
     ]
 
 
-def room() -> str:
-    return f"room/{uuid.uuid4().hex[:12]}"
-
-
 # --- the same events and ids as SSE --------------------------------------------------------
 
 
 def test_the_same_events_and_ids_as_sse_for_the_same_selection(hub_server: HubServer) -> None:
     lobby = room()
-    ids = publish(hub_server, lobby, "one", "two", "three")
+    ids = publish_chat(hub_server, lobby, "one", "two", "three")
     query = f"streams={lobby}&last_event_id={ids[0]}&count=2"
     with connect(ws_url(hub_server, query)) as ws:
         first = receive(ws)
@@ -90,8 +77,8 @@ def test_the_same_events_and_ids_as_sse_for_the_same_selection(hub_server: HubSe
 
 def test_a_merged_selection_over_ws_and_sse_resumes_every_stream(hub_server: HubServer) -> None:
     kitchen, lobby = room(), room()
-    k = publish(hub_server, kitchen, "k1", "k2", "k3")
-    l_ = publish(hub_server, lobby, "l1", "l2")
+    k = publish_chat(hub_server, kitchen, "k1", "k2", "k3")
+    l_ = publish_chat(hub_server, lobby, "l1", "l2")
     selection = f"{kitchen},{lobby},counter"
     start = ",".join(sorted([k[0], l_[0]]))  # each topic after its first event
     params = {"streams": selection, "last_event_id": start, "count": 1, "interval": 0}
@@ -110,7 +97,7 @@ def test_a_merged_selection_over_ws_and_sse_resumes_every_stream(hub_server: Hub
     assert [d["text"] for d in per_stream(over_ws)[kitchen]] == ["k2"]
     assert over_ws[-1]["id"] == over_sse[-1]["id"]  # the same cursor after the same events
     # Resume from the WebSocket's last id: each topic replays what followed, exactly.
-    publish(hub_server, kitchen, "k4")
+    publish_chat(hub_server, kitchen, "k4")
     resumed = sse_events(
         hub_server, {"streams": kitchen, "last_event_id": over_ws[-1]["id"], "count": 2}
     )
@@ -119,7 +106,7 @@ def test_a_merged_selection_over_ws_and_sse_resumes_every_stream(hub_server: Hub
 
 def test_it_resumes_with_last_event_id(hub_server: HubServer) -> None:
     lobby = room()
-    ids = publish(hub_server, lobby, "a", "b", "c", "d")
+    ids = publish_chat(hub_server, lobby, "a", "b", "c", "d")
     with connect(ws_url(hub_server, f"streams={lobby}&last_event_id={ids[0]}")) as ws:
         receive(ws)
         seen = receive(ws)
