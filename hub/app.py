@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import __version__, asyncapi
 from .auth import QUERY_PARAMETER, Access, redact_logs
-from .bodies import is_json, published_json, read_json
+from .bodies import published_json, read_json, require_json
 from .brokers import BrokerUnavailable
 from .errors import RequestError
 from .events import control_body, encode_retry
@@ -494,14 +494,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     async def subscribe_posted(scope: Scope, receive: Receive) -> SSEResponse:
         """The response to POST /events, or a RequestError before anything is opened."""
         request = Request(scope, receive)
-        if not is_json(request.headers.get("content-type", "")):
-            raise RequestError(
-                415,
-                "unsupported_media_type",
-                "send the selection with Content-Type: application/json (got "
-                f"{request.headers.get('content-type', 'none')!r})",
-                accepted=["application/json"],
-            )
+        require_json(request, "send the selection")
         payload = await read_json(
             request, MAX_SELECTION_BYTES, settings.body_timeout, _SELECTION_HINT
         )
@@ -647,14 +640,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         access = access_of(request.scope)
         access.require_token("publishing")
         name = hub.publishable(name, access).name  # `room/007` is `room/7`
-        if not is_json(request.headers.get("content-type", "")):
-            raise RequestError(
-                415,
-                "unsupported_media_type",
-                "publish with Content-Type: application/json (got "
-                f"{request.headers.get('content-type', 'none')!r})",
-                accepted=["application/json"],
-            )
+        require_json(request, "publish")
         payload = await read_json(request, settings.max_publish_bytes, settings.body_timeout)
         events = payload if isinstance(payload, list) else [payload]
         name, entries = await hub.publish_as(access, _client(request.scope), name, events)

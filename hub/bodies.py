@@ -12,7 +12,7 @@ from starlette.requests import ClientDisconnect, Request
 from .cursor import quote_name
 from .errors import RequestError
 
-__all__ = ["is_json", "parse_json", "published_json", "read_json"]
+__all__ = ["is_json", "parse_json", "published_json", "read_json", "require_json"]
 
 
 _EVENTS_HINT = "send one event as a JSON object, or several as a JSON array"
@@ -21,6 +21,19 @@ _EVENTS_HINT = "send one event as a JSON object, or several as a JSON array"
 def is_json(content_type: str) -> bool:
     media_type = content_type.partition(";")[0].strip().lower()
     return media_type == "application/json"
+
+
+def require_json(request: Request, action: str) -> None:
+    """A 415 unless the request's body is sent as `application/json`; `action` says what
+    the client does ("publish")."""
+    if not is_json(request.headers.get("content-type", "")):
+        raise RequestError(
+            415,
+            "unsupported_media_type",
+            f"{action} with Content-Type: application/json (got "
+            f"{request.headers.get('content-type', 'none')!r})",
+            accepted=["application/json"],
+        )
 
 
 async def read_json(request: Request, limit: int, timeout: float, hint: str = _EVENTS_HINT) -> Any:
