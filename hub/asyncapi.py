@@ -35,6 +35,11 @@ _CONTROL: dict[str, tuple[str, dict[str, Any]]] = {
     "overflow": ("the subscriber fell behind and is cut off", {"reason": "string"}),
     "shutdown": ("the hub is shutting down: reconnect", {"reason": "string"}),
     "expired": ("the token ran out: reconnect with a fresh one", {"reason": "string"}),
+    "end": (
+        "every selected stream has ended (`count`, or its generator returned): the last "
+        "message; do not reconnect",
+        {"streams": "array"},
+    ),
 }
 
 

@@ -7,8 +7,9 @@
 A thin adapter over the one path, as the WebSocket is: the selection is validated as `/events`
 validates a query (`Hub.open`), the frames are `Hub.frames()`, and each frame becomes one
 sse-starlette `ServerSentEvent` with the same event name, id (the cursor) and JSON data. The
-first is the starting cursor alone, as `/events` sends it. Closing the generator (the client
-left: sse-starlette closes it) closes every source.
+first is the starting cursor alone, as `/events` sends it; when every stream has ended
+(`count`), the last is `hub.end`, as on `/events`. Closing the generator (the client left:
+sse-starlette closes it) closes every source.
 """
 
 from __future__ import annotations

@@ -14,7 +14,12 @@ Batches are what make the hub fast: a source hands over every event it has ready
 the response writes at once. A lone stream needs no merging and goes straight through.
 
 A source that raises ends with a `hub.error` control event; the others go on. The merged
-stream ends when every source has ended.
+stream ends when every source has ended, and `frames()` then ends the response with `hub.end`
+(`{"streams": [names]}`): the subscription is over for good (`count`, or generators that
+returned or raised), and a client must not reconnect. It is left out where a reconnect is the
+point: a broker outage, or a topic whose shared producer stopped (`Interrupted`); and never
+comes to a response cut short (`Drop`, shutdown, expiry, a client gone), which never finishes
+the merge.
 """
 
 from __future__ import annotations
@@ -38,9 +43,13 @@ from .subscription import Selected, Subscription
 if TYPE_CHECKING:
     from .runtime import Hub
 
-__all__ = ["Activity", "Drop", "family", "frames"]
+__all__ = ["END", "Activity", "Drop", "family", "frames"]
 
 logger = logging.getLogger("hub")
+
+
+# How the last chunk of a subscription that ended for good begins (`hub.end`).
+END = b"event: hub.end\n"
 
 
 class Drop(Exception):
@@ -117,7 +126,8 @@ async def frames(
     """The SSE frames of a subscription, a chunk per batch: each event with the cursor after it
     as its id. The first chunk is `preamble` (the retry hint) and an id-only frame with the
     starting cursor, made once every topic's starting position is known, before anything is
-    opened. Raises `Drop` after the last frame of a subscriber that fell behind.
+    opened. The last chunk is `hub.end` when every stream has ended for good (see above).
+    Raises `Drop` after the last frame of a subscriber that fell behind.
 
     `direct` sends frames on the subscriber's connection at once (`SSEResponse.send_now`):
     a subscription to one topic alone lets the broker deliver through it while nothing is
@@ -150,8 +160,18 @@ async def frames(
     # firing an event: a client that drops before any event still resumes exactly.
     yield preamble + b"id: " + writer.current().encode() + b"\n\n"
     solo = len(subscription.selected) == 1
+    # The streams that ended so that a reconnect resumes them (a broker outage): no hub.end.
+    resumable: list[str] = []
     sources = [
-        _source(index, selected, start.get(selected.name), hub, direct if solo else None, drop)
+        _source(
+            index,
+            selected,
+            start.get(selected.name),
+            hub,
+            direct if solo else None,
+            drop,
+            resumable,
+        )
         for index, selected in enumerate(subscription.selected)
     ]
     batches: AbstractAsyncContextManager[AsyncIterator[Batch], Any]
@@ -170,6 +190,8 @@ async def frames(
                     raise Drop(end.reason)
     finally:
         activity.subscriptions -= 1
+    if not resumable:
+        yield control_body("end", streams=subscription.names)
 
 
 def _encode(batch: Batch, writer: CursorWriter, solo: bool) -> tuple[bytes, _End | None]:
@@ -262,8 +284,11 @@ async def _source(
     hub: Hub,
     direct: Callable[[bytes], bool] | None = None,
     drop: Callable[[str], None] | None = None,
+    resumable: list[str] | None = None,
 ) -> AsyncGenerator[Batch, None]:
-    """One selected stream's batches, `count` events at most, its failure made an event."""
+    """One selected stream's batches, `count` events at most, its failure made an event.
+    Its name goes into `resumable` if it ends for a reason a reconnect may undo: the broker
+    is unavailable, or the topic's shared producer stopped."""
     name = selected.name
     remaining = selected.count
     if remaining == 0:
@@ -335,11 +360,16 @@ async def _source(
         reason = f"{exc} on {name!r}"
         yield [(index, _End(reason), control_body("overflow", reason=reason), None)]
     except Interrupted as exc:  # a shared producer ended; it logged its own failure
+        # It runs again for the next subscriber, or the broker's feed comes back.
+        if resumable is not None:
+            resumable.append(name)
         if exc.reason is not None:
             yield [(index, None, control_body("error", stream=name, error=exc.reason), None)]
     except BrokerUnavailable as exc:
         # The broker says so in its own log, once per outage: not a line per subscriber.
         hub.activity.broker_errors += 1
+        if resumable is not None:
+            resumable.append(name)
         yield [(index, None, control_body("error", stream=name, error=str(exc)), None)]
     except Exception as exc:
         logger.exception("stream %r failed; its subscriber's other streams go on", name)

@@ -32,6 +32,12 @@ __all__ = [
 HUB_QUERY_PARAMETERS = frozenset({"streams", "last_event_id", "access_token"})
 # The longest cursor read: 16 streams of long names and positions fit several times over.
 MAX_CURSOR_LENGTH = 8192
+# count=0 would end before the first event: a response of nothing, or an EventSource that
+# reconnects for ever.
+_COUNT_ACCEPTS = (
+    "count is the number of events after which the stream ends: a whole number, 1 or more "
+    "(leave it out for no end)"
+)
 # A generated stream's position is a count, below this (what a 64-bit integer holds): no
 # stream counts that far, and a larger one is no position the hub gave.
 _COUNT_LIMIT = 2**63
@@ -135,7 +141,7 @@ def parse_subscription(
                 {
                     "stream": definition.name,
                     "parameter": ".".join(str(part) for part in error["loc"]),
-                    "message": error["msg"],
+                    "message": _COUNT_ACCEPTS if error["loc"] == ("count",) else error["msg"],
                     "input": error.get("input") if error["type"] != "missing" else None,
                 }
                 for error in exc.errors(include_url=False)

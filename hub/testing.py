@@ -1,9 +1,13 @@
 """Helpers for testing streams with pytest, for plugin authors and for the hub's own suite.
 
 - `collect(...)` / `acollect(...)`: the first N events of a selection, with their ids, run
-  in-process through the same pipeline as `GET /events` (validation, merge, framing).
+  in-process through the same pipeline as `GET /events` (validation, merge, framing). A
+  stream that fails (`hub.error`) raises `StreamError`, so that a test cannot pass on a
+  broken stream; `hub.end` is left out. With `control=True` every control event (`hub.gap`,
+  `hub.error`, `hub.end`, ...) is returned among the events instead, and nothing is raised.
 - `serve(...)`: a real hub in a child process on a free loopback port, for end-to-end tests
-  with any HTTP client.
+  with any HTTP client. A relative plugin path is looked for in the working directory, then
+  beside the file that calls `serve`.
 - `SSEParser` / `parse_events(...)`: read SSE bytes back into events.
 """
 
@@ -21,10 +25,12 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from .auth import Principal
+from .events import CONTROL_PREFIX
 from .merge import Drop
 from .registry import Definition, Registry
 from .runtime import Hub
@@ -34,6 +40,7 @@ __all__ = [
     "HubServer",
     "ReceivedEvent",
     "SSEParser",
+    "StreamError",
     "acollect",
     "collect",
     "parse_events",
@@ -51,6 +58,17 @@ class ReceivedEvent:
 
     def json(self) -> Any:
         return json.loads(self.data)
+
+
+class StreamError(Exception):
+    """A stream of a collected selection failed: it ended with `hub.error`. `stream` names
+    it, `error` is the error the hub reported, `events` what was collected before it."""
+
+    def __init__(self, stream: str, error: str, events: list[ReceivedEvent]) -> None:
+        super().__init__(f"stream {stream!r} failed: {error}")
+        self.stream = stream
+        self.error = error
+        self.events = events
 
 
 class SSEParser:
@@ -122,8 +140,9 @@ async def acollect(
     plugins: Sequence[str] = (),
     timeout: float = 10.0,
     principal: Principal | Mapping[str, Any] | None = None,
+    control: bool = False,
 ) -> list[ReceivedEvent]:
-    """The first `limit` events (control events included) of a selection, in-process.
+    """The first `limit` events of a selection, in-process.
 
     `streams` names streams ("echo,reverse_echo", a keyed topic as "room/lobby") or passes
     stream and topic objects directly; `params` are the query parameters
@@ -132,6 +151,11 @@ async def acollect(
     started for the call. Ends early if every stream ends; raises `TimeoutError` if `limit`
     events take over `timeout` s, and `hub.subscription.RequestError` for a request the hub
     would refuse.
+
+    A stream that fails within the first `limit` events raises `StreamError`; the control
+    events `hub.gap` and `hub.overflow` are among the events, `hub.end` is not. With
+    `control=True`, every control event is among the events (`hub.error` and `hub.end`
+    included) and counts towards `limit`, and nothing is raised for a failed stream.
 
     `principal` is the caller, as a `Principal` or as a token's claims
     (`{"sub": "ana", "hub": {"subscribe": ["*"]}}`): a stream that takes a `Principal` gets
@@ -160,6 +184,7 @@ async def acollect(
                 hub=own,
                 timeout=timeout,
                 principal=principal,
+                control=control,
             )
     if principal is not None and not isinstance(principal, Principal):
         principal = Principal.from_claims(principal)
@@ -180,8 +205,7 @@ async def acollect(
         async with asyncio.timeout(timeout):
             async with aclosing(hub.frames(subscription)) as subscribed:
                 async for frame in subscribed:
-                    received += parser.feed(frame)
-                    if len(received) >= limit:
+                    if _take(parser.feed(frame), received, limit, control):
                         break
     except TimeoutError:
         raise TimeoutError(
@@ -190,6 +214,23 @@ async def acollect(
     except Drop:
         pass  # cut off for falling behind: its last frame, hub.overflow, is in `received`
     return received[:limit]
+
+
+def _take(
+    events: list[ReceivedEvent], received: list[ReceivedEvent], limit: int, control: bool
+) -> bool:
+    """Add `events` to `received`, in order, up to `limit`; whether `limit` is reached."""
+    for event in events:
+        if not control and event.event.startswith(CONTROL_PREFIX):
+            if event.event == "hub.end":
+                continue  # the response ends after it: nothing to collect
+            if event.event == "hub.error":
+                data = event.json()
+                raise StreamError(data.get("stream", "?"), data.get("error", ""), list(received))
+        received.append(event)
+        if len(received) >= limit:
+            return True
+    return False
 
 
 def collect(
@@ -318,5 +359,27 @@ class HubServer:
 def serve(
     *plugins: str, args: Sequence[str] = (), env: Mapping[str, str] | None = None
 ) -> HubServer:
-    """`with serve("my_plugin.py") as hub: httpx.get(hub.url + "/streams")`."""
-    return HubServer(*plugins, args=args, env=env)
+    """`with serve("my_plugin.py") as hub: httpx.get(hub.url + "/streams")`.
+
+    A relative plugin path is looked for in the working directory, then in the directory of
+    the file that calls `serve` (a test beside its plugin finds it from anywhere); one found
+    in neither raises `FileNotFoundError` naming both places. Module names go as they are.
+    """
+    caller = sys._getframe(1).f_code.co_filename
+    beside = Path(caller).parent if Path(caller).is_file() else None
+    return HubServer(*(_find_plugin(plugin, beside) for plugin in plugins), args=args, env=env)
+
+
+def _find_plugin(plugin: str, beside: Path | None) -> str:
+    """The plugin as the hub (in the working directory) can find it."""
+    path = Path(plugin)
+    if path.is_absolute() or path.exists():
+        return plugin
+    if beside is not None and (beside / path).exists():
+        return str(beside / path)
+    if not (plugin.endswith(".py") or "/" in plugin or "\\" in plugin):
+        return plugin  # a module name, imported by the hub
+    looked = [str(Path.cwd() / path) + " (the working directory)"]
+    if beside is not None:
+        looked.append(str(beside / path) + " (beside the calling file)")
+    raise FileNotFoundError(f"plugin {plugin!r} not found; looked in: {', '.join(looked)}")

@@ -7,6 +7,10 @@ itself, and each frame becomes one text message, `{"event": ..., "id": ..., "dat
 from the frame's bytes (the data is already JSON). The first message is `{"id": <cursor>}`,
 the starting cursor, as the SSE response's first id-only frame.
 
+When every selected stream has ended (`count`, generators that returned or raised), the last
+message is `hub.end` and the close code 1000; a subscription that stops without ending (the
+broker is unavailable) closes with 1013, for the client to reconnect and resume.
+
 Its rules are the SSE response's (`hub.sse`): a subscriber that falls behind the buffer gets
 `hub.overflow` and close code 1013; one stuck in a send for `--send-timeout` is dropped; at
 shutdown each gets `hub.shutdown` and close code 1001; when its token runs out, `hub.expired`
@@ -40,7 +44,7 @@ from .auth import Access, redact
 from .bodies import parse_json, published_json
 from .errors import RequestError
 from .events import control_body, decode_frames
-from .merge import Drop
+from .merge import END, Drop
 from .sse import END_WITHIN
 from .subscription import Subscription
 
@@ -236,6 +240,7 @@ class WebSocketSubscriber:
                 max(self._access.expires - time.time(), 0.0), self.expire
             )
         try:
+            chunk = b""
             async with aclosing(hub.frames(subscription, drop=self.drop)) as chunks:
                 async for chunk in chunks:
                     for event, id, data in decode_frames(chunk):
@@ -244,7 +249,10 @@ class WebSocketSubscriber:
                         await self._send({"type": "websocket.send", "text": text})
                         self._sending_since = None
                         activity.ws_bytes += len(text)
-            await self._end(b"", ENDED, "every selected stream has ended")
+            if chunk.startswith(END):  # hub.end went out above
+                await self._end(b"", ENDED, "every selected stream has ended")
+            else:  # the broker is unavailable, or a shared producer stopped
+                await self._end(b"", TRY_AGAIN_LATER, "the streams stopped: reconnect to resume")
         except Drop as drop:
             self._stopping = True
             activity.cut_off["overflow"] += 1

@@ -22,7 +22,8 @@ def read_events(
     limit: int | None = None,
     headers: dict[str, str] | None = None,
 ) -> list[ServerSentEvent]:
-    """The events of one subscription: the first `limit`, or all until the response ends."""
+    """The events of one subscription: the first `limit`, or all until the response ends
+    (`hub.end`, which is left out: tests/test_ending.py reads it)."""
     received: list[ServerSentEvent] = []
     with httpx.Client(base_url=server.url, timeout=TIMEOUT) as client:
         with connect_sse(
@@ -32,6 +33,8 @@ def read_events(
             for sse in source.iter_sse():
                 if not sse.data:  # the retry hint alone
                     continue
+                if sse.event == "hub.end":  # every stream has ended: nothing follows
+                    break
                 received.append(sse)
                 if limit is not None and len(received) == limit:
                     break

@@ -287,6 +287,7 @@ def test_curl_count_ends_by_itself(hub_server: HubServer) -> None:
         'id: counter:0\nevent: counter\ndata: {"n":0}\n\n'
         'id: counter:1\nevent: counter\ndata: {"n":1}\n\n'
         'id: counter:2\nevent: counter\ndata: {"n":2}\n\n'
+        'event: hub.end\ndata: {"streams":["counter"]}\n\n'  # over: no reconnect
     )
 
 

@@ -120,8 +120,8 @@ async def test_subscribe_refuses_before_anything_opens_as_an_http_exception() ->
         assert raised.value.status_code == 422
         events = hub.subscribe(["echo"], {"message": "in", "count": 2, "interval": 0})
         received = [event async for event in events]
-        assert [e.event for e in received] == [None, "echo", "echo"]
-        assert [e.id for e in received] == ["echo:-", "echo:0", "echo:1"]
+        assert [e.event for e in received] == [None, "echo", "echo", "hub.end"]
+        assert [e.id for e in received] == ["echo:-", "echo:0", "echo:1", None]
         assert running.activity.subscriptions == 0  # closed with its generator
     with pytest.raises(RuntimeError, match="no hub is running"):
         hub.subscribe("echo")

@@ -414,7 +414,7 @@ def test_any_message_comes_back_exactly_from_echo(server: HubServer, client: htt
         with client.stream("GET", "/events", params=params) as response:
             assert response.status_code == 200, response.read()
             events = [sse for sse in EventSource(response).iter_sse() if sse.data]
-        assert [sse.event for sse in events] == ["echo"]
+        assert [sse.event for sse in events] == ["echo", "hub.end"]
         assert events[0].json()["message"] == message
         assert events[0].id == "echo:0"
 

@@ -58,7 +58,7 @@ class Subscriber(threading.Thread):
     def run(self) -> None:
         with httpx.stream("GET", f"{self.url}/events", params=self.params, timeout=TIMEOUT) as r:
             for line in r.iter_lines():
-                if line.startswith("event: "):
+                if line.startswith("event: ") and line != "event: hub.end":
                     self.events += 1
 
 

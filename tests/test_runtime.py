@@ -325,7 +325,7 @@ async def test_an_eager_shared_producer_runs_without_subscribers() -> None:
 
 async def test_a_failing_shared_producer_tells_its_subscribers_and_stops() -> None:
     async with make_hub(rt_failing) as hub:
-        received = await acollect("rt_failing", 5, hub=hub, timeout=5)
+        received = await acollect("rt_failing", 5, hub=hub, timeout=5, control=True)
         await asyncio.wait_for(controls("rt_failing").stopped.wait(), 5)
         assert not hub.producers.running("rt_failing")
     assert [e.event for e in received] == ["rt_failing", "hub.error"]
@@ -334,7 +334,7 @@ async def test_a_failing_shared_producer_tells_its_subscribers_and_stops() -> No
 
 async def test_a_shared_producer_yielding_the_wrong_type_is_an_error() -> None:
     async with make_hub(rt_wrong) as hub:
-        received = await acollect("rt_wrong", 5, hub=hub, timeout=5)
+        received = await acollect("rt_wrong", 5, hub=hub, timeout=5, control=True)
         assert not hub.producers.running("rt_wrong")
     assert [(e.event, e.json()) for e in received] == [
         (

@@ -69,7 +69,10 @@ def test_serve_runs_a_real_hub_with_a_plugin(tmp_path: Path) -> None:
     )
     with serve(str(plugin)) as hub:
         body = httpx.get(hub.url + "/events?streams=plug", timeout=10).text
-        assert parse_events(body) == [ReceivedEvent("plug", '{"n":7}', "plug:0")]
+        assert parse_events(body) == [
+            ReceivedEvent("plug", '{"n":7}', "plug:0"),
+            ReceivedEvent("hub.end", '{"streams":["plug"]}', "plug:0"),  # the id carried over
+        ]
     assert hub.stopped_gracefully
 
 

@@ -53,7 +53,10 @@ def sse_events(server: HubServer, params: dict[str, Any]) -> list[dict[str, Any]
     response = httpx.get(f"{server.url}/events", params=params, timeout=TIMEOUT)
     assert response.status_code == 200, response.text
     return [
-        {"event": e.event, "id": e.id, "data": json.loads(e.data)}
+        # a control event has no id of its own (an SSE reader carries the last one over)
+        {"event": e.event, "data": json.loads(e.data)}
+        if e.event.startswith("hub.")
+        else {"event": e.event, "id": e.id, "data": json.loads(e.data)}
         for e in parse_events(response.text)
     ]
 
@@ -71,8 +74,9 @@ def test_the_same_events_and_ids_as_sse_for_the_same_selection(hub_server: HubSe
     assert first == {"id": ids[0]}  # the starting cursor, as the SSE response's first frame
     expected = sse_events(hub_server, {"streams": lobby, "last_event_id": ids[0], "count": 2})
     assert received == expected
-    assert [m["id"] for m in received] == ids[1:]
-    assert [m["data"]["text"] for m in received] == ["two", "three"]
+    assert received[-1] == {"event": "hub.end", "data": {"streams": [lobby]}}
+    assert [m["id"] for m in received[:-1]] == ids[1:]
+    assert [m["data"]["text"] for m in received[:-1]] == ["two", "three"]
 
 
 def test_a_merged_selection_over_ws_and_sse_resumes_every_stream(hub_server: HubServer) -> None:
@@ -85,6 +89,7 @@ def test_a_merged_selection_over_ws_and_sse_resumes_every_stream(hub_server: Hub
     with connect(ws_url(hub_server, str(httpx.QueryParams(params)))) as ws:
         over_ws = messages_until_closed(ws)[1:]
     over_sse = sse_events(hub_server, params)
+    assert over_ws.pop()["event"] == over_sse.pop()["event"] == "hub.end"
 
     def per_stream(messages: list[dict[str, Any]]) -> dict[str, list[Any]]:
         streams: dict[str, list[Any]] = {}
@@ -101,7 +106,7 @@ def test_a_merged_selection_over_ws_and_sse_resumes_every_stream(hub_server: Hub
     resumed = sse_events(
         hub_server, {"streams": kitchen, "last_event_id": over_ws[-1]["id"], "count": 2}
     )
-    assert [m["data"]["text"] for m in resumed] == ["k3", "k4"]
+    assert [m["data"].get("text") for m in resumed] == ["k3", "k4", None]  # then hub.end
 
 
 def test_it_resumes_with_last_event_id(hub_server: HubServer) -> None:
