@@ -17,7 +17,7 @@ HUB = "hub"
 # The hub with authorization on, every subscriber with a token of its own.
 HUB_AUTH = "hub, auth"
 PACKAGES = (
-    "hub",
+    "multistream-hub",  # the hub's distribution (`hub` on PyPI is another project)
     "uvicorn",
     "uvloop",
     "httptools",
@@ -252,7 +252,9 @@ def versions(nginx: str | None) -> dict[str, str]:
     commit = _run("git", "-C", str(project), "rev-parse", "--short", "HEAD")
     if commit:
         dirty = _run("git", "-C", str(project), "status", "--porcelain", "--", "hub", "streams")
-        found["hub"] += f" (commit {commit}{', with uncommitted changes' if dirty else ''})"
+        found["multistream-hub"] += (
+            f" (commit {commit}{', with uncommitted changes' if dirty else ''})"
+        )
     found["nginx"] = nginx or "not installed"
     nchan = _run("dpkg-query", "-W", "-f=${Version}", "libnginx-mod-nchan")
     found["nchan (libnginx-mod-nchan)"] = nchan or "not installed"

@@ -3,7 +3,10 @@
 A plugin is a module; every `Stream` found among its top-level names is registered. Streams
 come from three places: the modules of the `streams` package, the modules named by entry
 points in the group `hub.streams`, and modules or `.py` files named at start. A plugin that
-is malformed, or that reuses a name, stops start-up with a `PluginError` naming it.
+is malformed, or that reuses a name, stops start-up with a `PluginError` naming it; one that
+raises while it is imported, with its own traceback (the import machinery's frames left out).
+A plugin that declares no stream is most likely a mistake, but no reason to stop: a
+`PluginWarning` names it. Helper modules (`_shared.py`) of a package or folder are skipped.
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ import importlib
 import importlib.metadata
 import importlib.util
 import inspect
+import os
 import pkgutil
 import re
 import sys
+import traceback
 import types
 import typing
 import uuid
+import warnings
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -40,6 +46,7 @@ __all__ = [
     "InvalidKey",
     "LastPosition",
     "PluginError",
+    "PluginWarning",
     "Registry",
     "Stream",
     "Topic",
@@ -57,6 +64,10 @@ RESERVED_PARAMETERS = frozenset({"count", "streams", "last_event_id", "access_to
 
 class PluginError(Exception):
     """A stream plugin that cannot be loaded: malformed, failing on import, or a duplicate."""
+
+
+class PluginWarning(UserWarning):
+    """A plugin that loads but looks wrong: one that declares no stream."""
 
 
 class UnknownStream(LookupError):
@@ -427,7 +438,7 @@ def stream(
 
 
 _COUNT_FIELD: Any = (
-    Annotated[int | None, Field(ge=0, description="End after this many events.")],
+    Annotated[int | None, Field(ge=1, description="End after this many events.")],
     None,
 )
 _COUNT_ONLY = create_model(
@@ -610,9 +621,21 @@ class Registry:
         self._origins[definition.name] = origin
 
     def add_module(self, module: ModuleType, origin: str | None = None) -> list[Definition]:
+        origin = origin or module.__name__
         found = [value for value in vars(module).values() if isinstance(value, Definition)]
         for definition in found:
-            self.add(definition, origin or module.__name__)
+            self.add(definition, origin)
+        if not found:
+            # Pointed at the plugin's own file, where the stream is missing.
+            warnings.warn_explicit(
+                f"plugin {origin} declares no stream: expected an async generator under "
+                f"@stream(...) or a topic(...) at its top level (a helper module of a "
+                f"package or folder of plugins is skipped when its name starts with '_')",
+                PluginWarning,
+                getattr(module, "__file__", None) or origin,
+                1,
+                module=module.__name__,
+            )
         return found
 
     def load(self, plugin: str) -> list[Definition]:
@@ -620,7 +643,8 @@ class Registry:
         path = Path(plugin)
         if plugin.endswith(".py") or path.is_dir() or "/" in plugin or "\\" in plugin:
             if path.is_dir():
-                return [s for file in sorted(path.glob("*.py")) for s in self.load(str(file))]
+                files = sorted(f for f in path.glob("*.py") if not f.name.startswith("_"))
+                return [s for file in files for s in self.load(str(file))]
             if not path.is_file():
                 raise PluginError(f"plugin {plugin}: no such file")
             return self.add_module(_import_file(path), str(path))
@@ -643,10 +667,8 @@ class Registry:
             origin = f"{entry_point.value} (entry point {entry_point.name!r} of {dist})"
             try:
                 loaded = entry_point.load()
-            except PluginError:
-                raise
             except Exception as exc:
-                raise PluginError(f"plugin {origin} failed to import: {exc!r}") from exc
+                raise _import_failure(origin, exc) from exc
             if isinstance(loaded, ModuleType):
                 found += self.add_module(loaded, origin)
             elif isinstance(loaded, Definition):
@@ -677,10 +699,45 @@ class Registry:
 def _import(name: str) -> ModuleType:
     try:
         return importlib.import_module(name)
-    except PluginError:
-        raise
     except Exception as exc:
-        raise PluginError(f"plugin {name} failed to import: {exc!r}") from exc
+        raise _import_failure(name, exc) from exc
+
+
+# Frames that say nothing about a plugin: the import machinery's, and the registry's own (the
+# loader, and the checks whose message says what is wrong).
+_IMPORTLIB = os.path.join(os.path.dirname(importlib.__file__), "")
+_NOT_THE_PLUGINS = ("<frozen importlib.", _IMPORTLIB, __file__)
+
+
+def _import_failure(origin: str, exc: Exception, generated: str | None = None) -> PluginError:
+    """The error for a plugin that raised while it was imported: its own frames and the
+    exception, as Python would print them, without the import machinery's frames.
+
+    `generated` is the module name made up for a `.py` file, left out of messages: the file
+    is named already."""
+    report = traceback.TracebackException.from_exception(exc)
+    _keep_the_plugins_frames(report, set())
+    if isinstance(exc, PluginError):  # the hub's verdict: the message, then where
+        message = str(exc)
+        if generated is not None:
+            message = message.replace(f"{generated}.", "").replace(f"{generated}: ", "")
+        where = "".join(report.stack.format()).rstrip()
+        return PluginError(f"plugin {origin}: {message}" + (f"\n{where}" if where else ""))
+    text = "".join(report.format()).rstrip()
+    separator = "\n" if "\n" in text else " "  # a bare `ModuleNotFoundError: ...` fits on a line
+    return PluginError(f"plugin {origin} failed to import:{separator}{text}")
+
+
+def _keep_the_plugins_frames(report: traceback.TracebackException, seen: set[int]) -> None:
+    if id(report) in seen:
+        return
+    seen.add(id(report))
+    report.stack = traceback.StackSummary.from_list(
+        [frame for frame in report.stack if not frame.filename.startswith(_NOT_THE_PLUGINS)]
+    )
+    for chained in (report.__cause__, report.__context__, *(report.exceptions or ())):
+        if chained is not None:
+            _keep_the_plugins_frames(chained, seen)
 
 
 def _import_file(path: Path) -> ModuleType:
@@ -699,9 +756,7 @@ def _import_file(path: Path) -> ModuleType:
         spec.loader.exec_module(module)
     except BaseException as exc:
         del sys.modules[module_name]
-        if isinstance(exc, PluginError):
-            raise PluginError(f"plugin {path}: {exc}") from exc
         if isinstance(exc, Exception):
-            raise PluginError(f"plugin {path} failed to import: {exc!r}") from exc
+            raise _import_failure(str(path), exc, module_name) from exc
         raise
     return module

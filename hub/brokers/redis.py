@@ -20,8 +20,8 @@ Redis entry id at all (the memory broker's `2r76ji.1`, held by browsers when a d
 from memory to Redis): the subscriber is told, and gets everything retained. `max_age` trims
 by entry id (`XTRIM MINID`): ids are Redis's clock in milliseconds.
 
-Needs the `redis` extra (`pip install 'hub[redis]'`). The URL's query carries the options,
-e.g. `redis://127.0.0.1:6379/0?prefix=myhub:&command_timeout=3`:
+Needs the `redis` extra (`pip install 'multistream-hub[redis]'`). The URL's query carries the
+options, e.g. `redis://127.0.0.1:6379/0?prefix=myhub:&command_timeout=3`:
 - `prefix`: the key prefix (default `hub:`);
 - `lease_ttl`: a shared stream's lease, in seconds (default 10);
 - `command_timeout`: the longest anything in the hub waits for Redis, in seconds (default 3;
@@ -31,8 +31,10 @@ e.g. `redis://127.0.0.1:6379/0?prefix=myhub:&command_timeout=3`:
   wakes up, it still runs, so a publish answered 503 may yet land (at least once, like any
   request that timed out);
 - `read_connections`: the most connections topics are read over, per process (default 4);
-- redis-py's own options (`socket_timeout`, `max_connections`, ...), which win over the
-  hub's defaults.
+- redis-py's own options (`socket_timeout`, `max_connections`, ...: `REDIS_OPTIONS`, and
+  `TLS_OPTIONS` with `rediss://`), which win over the hub's defaults.
+Any other option is refused when the broker is made, naming the known ones: redis-py would take
+it as a connection's keyword and fail only on connecting, which looks like a Redis that is down.
 
 Trouble is logged once per process, not per subscriber or per command: one WARNING when Redis
 goes away (a command fails to connect, or gets no answer within `command_timeout`), one INFO
@@ -43,6 +45,7 @@ reason (feeds, leases, producers) is logged at DEBUG, with no traceback.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import logging
 import os
 import re
@@ -66,7 +69,38 @@ from .base import (
     is_keyed,
 )
 
-__all__ = ["RedisBroker"]
+__all__ = ["HUB_OPTIONS", "REDIS_OPTIONS", "TLS_OPTIONS", "RedisBroker"]
+
+# The options a Redis URL may carry: the hub's own, then the redis-py ones passed through to
+# it (not those that would break the hub, such as `decode_responses` or `protocol`).
+HUB_OPTIONS = ("command_timeout", "lease_ttl", "prefix", "read_connections")
+REDIS_OPTIONS = (
+    "client_name",
+    "db",
+    "health_check_interval",
+    "max_connections",
+    "password",
+    "retry_on_timeout",
+    "socket_connect_timeout",
+    "socket_keepalive",
+    "socket_read_size",
+    "socket_timeout",
+    "username",
+)
+TLS_OPTIONS = (
+    "ssl_ca_certs",
+    "ssl_ca_data",
+    "ssl_ca_path",
+    "ssl_cert_reqs",
+    "ssl_certfile",
+    "ssl_check_hostname",
+    "ssl_ciphers",
+    "ssl_exclude_verify_flags",
+    "ssl_include_verify_flags",
+    "ssl_keyfile",
+    "ssl_min_version",
+    "ssl_password",
+)
 
 T = TypeVar("T")
 
@@ -104,6 +138,29 @@ def _without_password(url: str) -> str:
     netloc = parts.netloc.rpartition("@")[2]
     user = f"{parts.username}:" if parts.username else ":"
     return urlunsplit(parts._replace(netloc=f"{user}***@{netloc}"))
+
+
+def _check_options(url: str, options: list[str]) -> None:
+    scheme = urlsplit(url).scheme
+    for name in options:
+        if (
+            name in HUB_OPTIONS
+            or name in REDIS_OPTIONS
+            or (name in TLS_OPTIONS and scheme == "rediss")
+        ):
+            continue
+        if name in TLS_OPTIONS:
+            raise ValueError(
+                f"{name!r} is an option of rediss:// (Redis over TLS), not of {scheme}://: "
+                f"{_without_password(url)}"
+            )
+        close = difflib.get_close_matches(name, HUB_OPTIONS + REDIS_OPTIONS + TLS_OPTIONS, 1)
+        raise ValueError(
+            f"unknown option {name!r} in the Redis URL {_without_password(url)}"
+            + (f" (did you mean {close[0]!r}?)" if close else "")
+            + f"; the hub's options: {', '.join(HUB_OPTIONS)}; redis-py's: "
+            f"{', '.join(REDIS_OPTIONS)}; with rediss://, also {', '.join(TLS_OPTIONS)}"
+        )
 
 
 def _seconds(text: str, name: str) -> float:
@@ -428,10 +485,11 @@ class RedisBroker(Broker):
             import redis.asyncio as redis
         except ImportError:  # pragma: no cover - depends on the installation
             raise ValueError(
-                "the redis:// broker needs redis-py: pip install 'hub[redis]'"
+                "the redis:// broker needs redis-py: pip install 'multistream-hub[redis]'"
             ) from None
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query))
+        _check_options(url, list(query))
         self.prefix = query.pop("prefix", "hub:")
         self.lease_ttl = _seconds(query.pop("lease_ttl", "10"), "lease_ttl")
         self.lease_retry = min(1.0, self.lease_ttl / 3)
