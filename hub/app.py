@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import importlib.resources
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -13,7 +14,13 @@ from typing import Any, Literal
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import (
+    get_redoc_html,
+    get_swagger_ui_html,
+    get_swagger_ui_oauth2_redirect_html,
+)
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import Headers, QueryParams
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -28,6 +35,7 @@ from .errors import RequestError
 from .events import control_body, encode_retry
 from .merge import Activity
 from .metrics import Metrics
+from .page import add_page
 from .registry import Definition, Registry, Topic
 from .runtime import Hub
 from .settings import Settings
@@ -383,6 +391,9 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         version=__version__,
         summary="Many live event streams, merged into one resumable Server-Sent-Events response.",
         lifespan=lifespan,
+        # FastAPI's pages load their scripts from a CDN: the hub's own serve its files.
+        docs_url=None,
+        redoc_url=None,
     )
     cors = {
         "allow_origins": list(settings.cors_origins),
@@ -718,6 +729,8 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
                 return JSONResponse(document.full())
             return JSONResponse(document.for_access(access_of(request.scope)))
 
+        _add_docs(app, app.openapi_url)
+
     @app.get(
         "/asyncapi.json",
         summary="The AsyncAPI 3.0 document",
@@ -757,6 +770,9 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             body, content_type = metrics.exposition()
             return Response(body, media_type=content_type)
 
+    if settings.page:
+        add_page(app)
+
     @app.get("/health", summary="Liveness and current load")
     async def health(request: Request) -> Health:
         buffered, most = hub.broker.buffered()
@@ -785,6 +801,51 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         )
 
     return app
+
+
+# Swagger UI's and ReDoc's files, served by the hub (the package fastapi-offline ships them):
+# the documentation works without the internet. The URLs are relative to where the app is
+# mounted (`root_path`), as FastAPI's own pages make them.
+DOCS_ASSETS = "/docs/assets"
+
+
+def _add_docs(app: FastAPI, openapi_url: str) -> None:
+    """`/docs` (Swagger UI), its OAuth2 redirect, and `/redoc`, from the hub's own files."""
+    files = importlib.resources.files("fastapi_offline") / "static"
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(files)), name="docs-assets")
+    redirect_url = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
+
+    def root(request: Request) -> str:
+        return str(request.scope.get("root_path", "")).rstrip("/")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        base = root(request)
+        return get_swagger_ui_html(
+            openapi_url=base + openapi_url,
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{base}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{base}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{base}{DOCS_ASSETS}/favicon.png",
+            oauth2_redirect_url=base + redirect_url,
+            init_oauth=app.swagger_ui_init_oauth,
+            swagger_ui_parameters=app.swagger_ui_parameters,
+        )
+
+    @app.get(redirect_url, include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        base = root(request)
+        return get_redoc_html(
+            openapi_url=base + openapi_url,
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{base}{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{base}{DOCS_ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )
 
 
 def _errors_as_json(schema: dict[str, Any]) -> None:

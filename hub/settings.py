@@ -64,6 +64,8 @@ class Settings:
     # GET /metrics (Prometheus), and the bearer token it asks for, if any.
     metrics: bool = True
     metrics_token: str = field(default="", repr=False)
+    # GET /: the live page (its assets under /page/).
+    page: bool = True
 
     def __post_init__(self) -> None:
         for name in ("port", "retry", "max_connections", "max_connections_per_client"):
@@ -155,6 +157,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "public": comma_list,
     "metrics": _boolean,
     "metrics_token": str,
+    "page": _boolean,
 }
 
 

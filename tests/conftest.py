@@ -8,11 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Browser, sync_playwright
 from support import Reports
 
 from hub.testing import HubServer
 
 PLUGINS = Path(__file__).parent / "plugins"
+CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture
@@ -25,6 +27,16 @@ def hub_server() -> Iterator[HubServer]:
     """One real hub for the suite: the built-in streams plus the test plugins."""
     with HubServer(str(PLUGINS), args=["--ping-interval", "0.5", "--retry", "1500"]) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """Debian's chromium, headless, driven by Playwright (which never downloads one here)."""
+    assert shutil.which(CHROMIUM), "chromium is needed: apt-get install chromium"
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield launched
+        launched.close()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ that Playwright downloads)."""
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -13,11 +12,10 @@ from typing import Any
 
 import jwt
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser
 
 from hub.testing import HubServer
 
-CHROMIUM = "/usr/bin/chromium"
 PLUGIN = str(Path(__file__).parent / "secured" / "streams.py")
 KEY = "a browser test secret, long enough for HS256"
 
@@ -73,15 +71,6 @@ def page_origin() -> Iterator[str]:
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    assert shutil.which(CHROMIUM), "chromium is needed: apt-get install chromium"
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-        yield launched
-        launched.close()
 
 
 def _outcome(browser: Browser, page_url: str, hub: HubServer, token: str) -> dict[str, Any]:

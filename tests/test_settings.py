@@ -231,6 +231,7 @@ def test_to_env_round_trips(settings: Settings) -> None:
         "HUB_PUBLIC",
         "HUB_METRICS",
         "HUB_METRICS_TOKEN",
+        "HUB_PAGE",
     }
     assert all(isinstance(value, str) for value in env.values())
     assert Settings.from_env(env) == settings
