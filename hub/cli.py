@@ -1,4 +1,5 @@
-"""The `hub` command: `hub serve` runs the hub, `hub streams` prints the catalog."""
+"""The `hub` command: `hub serve` runs the hub, `hub streams` prints the catalog, `hub tail`
+and `hub publish` are its client in a terminal (hub/client.py)."""
 
 from __future__ import annotations
 
@@ -184,6 +185,13 @@ def _parser() -> argparse.ArgumentParser:
         help="serve no GET /metrics (Prometheus; on by default)",
     )
     serve.add_argument(
+        "--no-page",
+        dest="page",
+        action="store_false",
+        default=None,
+        help="serve no live page at GET / (on by default)",
+    )
+    serve.add_argument(
         "--metrics-token",
         metavar="TOKEN",
         help="GET /metrics asks for 'Authorization: Bearer TOKEN' (env HUB_METRICS_TOKEN)",
@@ -232,11 +240,84 @@ def _parser() -> argparse.ArgumentParser:
 
     listing = commands.add_parser("streams", parents=[plugins], help="print the catalog of streams")
     listing.add_argument("--json", action="store_true", help="print the catalog as JSON")
+
+    remote = argparse.ArgumentParser(add_help=False)
+    remote.add_argument("--url", help="the hub (default: $HUB_URL, else http://127.0.0.1:8000)")
+    remote.add_argument(
+        "--token",
+        help="a token, sent as 'Authorization: Bearer' (prefer $HUB_TOKEN, which ps does not show)",
+    )
+    tail = commands.add_parser(
+        "tail",
+        parents=[remote],
+        help="follow streams in the terminal",
+        description="Follow streams: one line per event, reconnecting with the last id after "
+        "a drop, waiting the hub's retry hint, doubled on each failure (at most 30 s).",
+        epilog="Exit status: 0 at hub.end (every stream ended, e.g. -p count=3), 1 when the "
+        "hub refuses the request, 2 for a usage error, 130 on Ctrl-C.",
+    )
+    tail.add_argument(
+        "streams", metavar="STREAMS", help="the streams, comma-separated: echo,room/lobby"
+    )
+    tail.add_argument(
+        "-p",
+        "--param",
+        dest="params",
+        action="append",
+        type=_param,
+        default=[],
+        metavar="NAME=VALUE",
+        help="a stream parameter (repeatable): -p message=hi -p echo.interval=0.5 -p count=3",
+    )
+    tail.add_argument(
+        "--json",
+        action="store_true",
+        help='one JSON object a line, {"event", "id", "data"}, for jq',
+    )
+    tail.add_argument(
+        "--since", metavar="CURSOR", help="resume after this id (sent as Last-Event-ID)"
+    )
+    publish = commands.add_parser(
+        "publish",
+        parents=[remote],
+        help="publish events to a topic",
+        description="Publish to a topic. Without JSON, reads one event a line from stdin and "
+        "sends what has arrived as one batch, as soon as the previous one is answered.",
+        epilog="Exit status: 0, 1 when the hub refuses an event or cannot be reached, 2 for "
+        "input that is not JSON.",
+    )
+    publish.add_argument("name", metavar="NAME", help="the topic: chat, room/lobby")
+    publish.add_argument(
+        "events",
+        metavar="JSON",
+        nargs="?",
+        help="one event, or a JSON array of events (default: stdin, one event a line)",
+    )
     return parser
+
+
+def _param(text: str) -> tuple[str, str]:
+    name, equals, value = text.partition("=")
+    if not equals or not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    return name, value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("tail", "publish"):
+        from . import client  # httpx and rich, which nothing else needs
+
+        if args.command == "tail":
+            return client.tail(
+                args.streams,
+                args.params,
+                url=args.url,
+                token=args.token,
+                as_json=args.json,
+                since=args.since,
+            )
+        return client.publish(args.name, args.events, url=args.url, token=args.token)
     options = {
         key: value
         for key, value in vars(args).items()

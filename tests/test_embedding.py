@@ -106,6 +106,12 @@ def test_the_hub_api_works_under_the_mount(app_server: HubServer) -> None:
     with connect(url) as ws:
         messages = [json.loads(ws.recv(timeout=10)) for _ in range(2)]
     assert messages[0] == {"id": "echo:-"} and messages[1]["event"] == "echo"
+    # The live page and its files, at the mount's own URLs.
+    page = httpx.get(f"{app_server.url}/hub/", timeout=TIMEOUT)
+    assert page.status_code == 200 and 'data-root="/hub"' in page.text
+    assert '<script src="/hub/page/page.js"' in page.text
+    script = httpx.get(f"{app_server.url}/hub/page/page.js", timeout=TIMEOUT)
+    assert script.status_code == 200 and "EventSource" in script.text
 
 
 @pytest.mark.anyio
