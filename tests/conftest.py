@@ -29,9 +29,11 @@ def hub_server() -> Iterator[HubServer]:
         yield server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """Debian's chromium, headless, driven by Playwright (which never downloads one here)."""
+    """Debian's chromium, headless, driven by Playwright (which never downloads one here).
+    A module's own: Playwright's sync API holds an event loop in this thread while it runs,
+    and every asyncio test after it would find that loop running."""
     assert shutil.which(CHROMIUM), "chromium is needed: apt-get install chromium"
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
