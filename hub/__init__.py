@@ -4,7 +4,6 @@ __version__ = "0.1.0"
 
 from typing import TYPE_CHECKING, Any
 
-from .app import create_app
 from .auth import Principal
 from .events import Event, ReceivedAt
 from .registry import LastPosition, PluginError, Registry, Stream, Topic, stream, topic
@@ -12,6 +11,7 @@ from .runtime import Hub, publish
 from .settings import Settings
 
 if TYPE_CHECKING:
+    from .app import create_app
     from .embed import subscribe
 
 __all__ = [
@@ -35,9 +35,15 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # `hub.subscribe` imports sse-starlette, which `hub serve` never needs: on first use.
+    # Imported on first use: `hub.subscribe` needs sse-starlette, which `hub serve` never
+    # does, and `hub.create_app` FastAPI, which a plugin (`from hub import Event, stream`),
+    # `hub tail` and `hub publish` never do.
     if name == "subscribe":
         from .embed import subscribe
 
         return subscribe
+    if name == "create_app":
+        from .app import create_app
+
+        return create_app
     raise AttributeError(f"module 'hub' has no attribute {name!r}")
