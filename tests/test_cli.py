@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-
-def hub(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hub", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, **(env or {})},
-    )
+from support import run_hub
 
 
 def test_streams_prints_the_catalog_as_a_table() -> None:
-    result = hub("streams")
+    result = run_hub("streams")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["NAME", "KIND", "PARAMETERS", "DESCRIPTION"]
@@ -41,23 +30,23 @@ def test_streams_json_lists_schemas(tmp_path: Path) -> None:
         "@stream('needs')\n"
         "async def needs(x: int) -> AsyncIterator[E]:\n    yield E(x=x)\n"
     )
-    result = hub("streams", "--json", "--streams", str(plugin), "--no-builtin-streams")
+    result = run_hub("streams", "--json", "--streams", str(plugin), "--no-builtin-streams")
     assert result.returncode == 0, result.stderr
     catalog = json.loads(result.stdout)
     assert [s["name"] for s in catalog] == ["needs"]
     assert catalog[0]["parameters"]["required"] == ["x"]
-    table = hub("streams", "--streams", str(plugin), "--no-builtin-streams").stdout
+    table = run_hub("streams", "--streams", str(plugin), "--no-builtin-streams").stdout
     assert "x*" in table
 
 
 def test_a_bad_environment_value_is_named() -> None:
-    result = hub("serve", env={"HUB_PORT": "eighty"})
+    result = run_hub("serve", env={"HUB_PORT": "eighty"})
     assert result.returncode == 2
     assert "HUB_PORT='eighty'" in result.stderr
 
 
 def test_a_missing_plugin_file_is_named() -> None:
-    result = hub("streams", "--streams", "no/such/plugin.py")
+    result = run_hub("streams", "--streams", "no/such/plugin.py")
     assert result.returncode == 2
     assert "no/such/plugin.py: no such file" in result.stderr
 
@@ -65,11 +54,11 @@ def test_a_missing_plugin_file_is_named() -> None:
 def test_a_plugin_that_fails_to_import_is_named(tmp_path: Path) -> None:
     plugin = tmp_path / "broken.py"
     plugin.write_text("import not_a_module_anywhere\n")
-    result = hub("streams", "--streams", str(plugin))
+    result = run_hub("streams", "--streams", str(plugin))
     assert result.returncode == 2
     assert str(plugin) in result.stderr and "not_a_module_anywhere" in result.stderr
 
 
 def test_version() -> None:
-    result = hub("--version")
+    result = run_hub("--version")
     assert result.returncode == 0 and result.stdout.startswith("hub ")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import re
-import subprocess
 import sys
 import tomllib
 import warnings
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import TIMEOUT, get
+from support import TIMEOUT, get, run_hub
 
 import hub
 from hub import PluginError, Registry
@@ -26,16 +25,6 @@ from hub.testing import HubServer
 ROOT = Path(__file__).parent.parent
 README = ROOT / "README.md"
 TESTS = Path(__file__).parent
-
-
-def hub_command(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hub", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, **(env or {})},
-    )
 
 
 # --- the distribution is multistream-hub; `hub` on PyPI is another project -----------------
@@ -106,7 +95,7 @@ def assert_points_at_the_plugin(text: str, path: Path, line: int) -> None:
 def test_a_plugin_that_raises_shows_its_own_traceback(tmp_path: Path) -> None:
     plugin = tmp_path / "raising.py"
     plugin.write_text("def setup():\n    raise RuntimeError('no API key')\n\n\nsetup()\n")
-    result = hub_command("streams", "--streams", str(plugin))
+    result = run_hub("streams", "--streams", str(plugin))
     assert result.returncode == 2
     assert result.stderr.startswith(f"hub: error: plugin {plugin} failed to import")
     assert_points_at_the_plugin(result.stderr, plugin, 5)
@@ -118,7 +107,7 @@ def test_a_plugin_that_raises_shows_its_own_traceback(tmp_path: Path) -> None:
 def test_a_plugin_with_a_syntax_error_shows_where(tmp_path: Path) -> None:
     plugin = tmp_path / "typo.py"
     plugin.write_text("import asyncio\n\ndef broken(:\n    pass\n")
-    result = hub_command("serve", "--port", "0", "--streams", str(plugin))
+    result = run_hub("serve", "--port", "0", "--streams", str(plugin))
     assert result.returncode == 2
     assert_points_at_the_plugin(result.stderr, plugin, 3)
     assert "SyntaxError: " in result.stderr
@@ -176,7 +165,7 @@ def test_a_plugin_without_a_stream_is_a_warning(tmp_path: Path) -> None:
     plugin.write_text("from hub import Event\n\n\nclass Ping(Event):\n    n: int\n")
     with pytest.warns(PluginWarning, match=re.escape(f"plugin {plugin} declares no stream")):
         assert Registry().load(str(plugin)) == []
-    result = hub_command("streams", "--no-builtin-streams", "--streams", str(plugin))
+    result = run_hub("streams", "--no-builtin-streams", "--streams", str(plugin))
     assert result.returncode == 0, result.stderr
     assert f"plugin {plugin} declares no stream" in result.stderr
     assert "@stream" in result.stderr and "topic(" in result.stderr
@@ -285,7 +274,7 @@ def test_known_redis_url_options_are_accepted() -> None:
 
 
 def test_hub_serve_reports_an_unknown_redis_url_option_at_start() -> None:
-    result = hub_command("serve", "--port", "0", "--broker", "redis://127.0.0.1:1/0?prefx=x")
+    result = run_hub("serve", "--port", "0", "--broker", "redis://127.0.0.1:1/0?prefx=x")
     assert result.returncode == 2
     assert result.stderr.startswith("hub: error: unknown option 'prefx' in the Redis URL")
     assert "unavailable" not in result.stderr

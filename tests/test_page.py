@@ -4,7 +4,6 @@ real hubs: choosing streams, watching them merged, publishing, resuming, signing
 from __future__ import annotations
 
 import os
-import socket
 import struct
 import time
 import uuid
@@ -15,7 +14,7 @@ from urllib.parse import quote
 import jwt
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
-from support import get, publish_chat, room
+from support import free_port, get, publish_chat, room
 
 from hub.testing import HubServer
 
@@ -150,21 +149,13 @@ def test_the_page_lists_watches_publishes_and_shares_its_view(
     assert problems == []
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def test_the_page_resumes_after_the_server_ends_the_connection(
     context: BrowserContext, redis_server: str
 ) -> None:
     """The hub the page watches restarts; a chat message published meanwhile (through another
     hub on the same Redis) arrives once the browser's EventSource is back, exactly once."""
     broker = f"{redis_server}?prefix=page-{uuid.uuid4().hex[:8]}:"
-    port = _free_port()
+    port = free_port()
     args = ["--broker", broker, "--port", str(port), "--retry", "200"]
     name = room()
     watched = HubServer(args=args).start()

@@ -8,7 +8,6 @@ import os
 import queue
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ from typing import IO, Any
 
 import httpx
 import pytest
-from support import publish_chat, room
+from support import free_port, publish_chat, room
 
 from hub.cli import main
 from hub.testing import HubServer, serve
@@ -130,13 +129,6 @@ class Tail:
         assert self.process.stdout is not None and self.process.stderr is not None
         self.process.stdout.close()
         self.process.stderr.close()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def delay(notice: str) -> float:
