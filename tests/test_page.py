@@ -104,6 +104,10 @@ def test_the_page_lists_watches_publishes_and_shares_its_view(
     # Publish to the room from the form generated from its event schema (no received_at: the
     # hub sets it), and see it arrive among the echoes.
     page.select_option("#publish-topic", "room")
+    page.click("#publish-button")
+    expect(page.locator("#publish-result")).to_have_text(
+        "room is keyed: give the key of the topic to publish to"
+    )
     page.fill("#publish-key", key)
     fields = page.locator("#publish-fields [name]").evaluate_all("c => c.map(e => e.name)")
     assert fields == ["user", "text"]

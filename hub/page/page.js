@@ -489,7 +489,15 @@ $("publish").addEventListener("submit", async (submitted) => {
   const name = $("publish-topic").value;
   const info = catalog.find((stream) => stream.name === name);
   let path = `/streams/${encodeURIComponent(name)}`;
-  if (info && info.keyed) path += `/${encodeURIComponent($("publish-key").value.trim())}`;
+  if (info && info.keyed) {
+    const key = $("publish-key").value.trim();
+    if (!key) {
+      result.className = "error";
+      result.textContent = `${name} is keyed: give the key of the topic to publish to`;
+      return;
+    }
+    path += `/${encodeURIComponent(key)}`;
+  }
   let event;
   try {
     event = eventFromForm();
