@@ -423,8 +423,8 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
                 "not_found",
                 f"no route {request.url.path!r}; the hub serves /events, /streams, "
                 "/streams/{name}, /streams/{name}/events (a keyed topic: /streams/{name}/{key} "
-                "and /streams/{name}/{key}/events), /ws, /health, /metrics, /asyncapi.json "
-                "and /docs",
+                "and /streams/{name}/{key}/events), /ws, /health, /metrics, /asyncapi.json, "
+                "/docs and /redoc, and the live page at /",
             )
         elif exc.status_code == 405:
             allowed = (exc.headers or {}).get("Allow", "")

@@ -51,6 +51,6 @@ def add_page(app: FastAPI) -> None:
         body = assets.get(name)
         if body is None:
             raise RequestError(
-                404, "not_found", f"the page has no file {name!r}; it has {', '.join(_ASSETS)}"
+                404, "not_found", f"the page has no file {name[:64]!r}; it has {', '.join(_ASSETS)}"
             )
         return Response(body, media_type=_ASSETS[name], headers=_HEADERS)
