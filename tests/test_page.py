@@ -63,8 +63,15 @@ def builtin() -> Iterator[HubServer]:
         yield server
 
 
+def png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is no PNG"
+    width, height = struct.unpack(">II", head[16:24])
+    return width, height
+
+
 def test_the_page_lists_watches_publishes_and_shares_its_view(
-    context: BrowserContext, builtin: HubServer
+    context: BrowserContext, builtin: HubServer, tmp_path: Path
 ) -> None:
     hub_server = builtin
     page = context.new_page()
@@ -119,7 +126,10 @@ def test_the_page_lists_watches_publishes_and_shares_its_view(
     expect(page.locator("#rates")).to_contain_text(name)
 
     page.locator("#events li").nth(5).wait_for()  # a few of each for the picture
-    page.screenshot(path=SCREENSHOT if os.environ.get("HUB_SCREENSHOT") else None)
+    # Saved each run (the README's copy with HUB_SCREENSHOT=1), and checked to be the picture.
+    shot = SCREENSHOT if os.environ.get("HUB_SCREENSHOT") else tmp_path / "page.png"
+    page.screenshot(path=shot)
+    assert png_size(shot) == (1280, 800)
 
     # An invalid event: the API's 422, inline, naming the field.
     page.fill('#publish-fields [name="text"]', "")
@@ -235,10 +245,67 @@ def test_the_page_with_authorization_on_through_a_pasted_token(context: BrowserC
         assert "hub_token" not in {cookie["name"] for cookie in context.cookies()}
 
 
+FORMS = """
+from collections.abc import AsyncIterator
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from hub import Event, stream
+
+
+class Choice(Event):
+    mode: str
+    loud: bool
+    level: int
+
+
+@stream("forms")
+async def forms(
+    mode: Literal["fast", "slow"] = "fast",
+    loud: bool = False,
+    level: Annotated[int, Field(ge=1, le=5, description="how much")] = 3,
+) -> AsyncIterator[Choice]:
+    \"\"\"Says what it was given, then fails.\"\"\"
+    yield Choice(mode=mode, loud=loud, level=level)
+    raise RuntimeError("out of choices")
+"""
+
+
+def test_forms_follow_the_schema_and_control_events_are_marked(
+    context: BrowserContext, tmp_path: Path
+) -> None:
+    plugin = tmp_path / "forms.py"
+    plugin.write_text(FORMS)
+    with HubServer(str(plugin), args=["--no-builtin-streams", "--no-entry-points"]) as hub:
+        page = context.new_page()
+        page.goto(f"{hub.url}/?streams=forms&forms.mode=slow&forms.loud=true&forms.level=4")
+        mode = page.locator('[name="forms.mode"]')
+        assert mode.evaluate("select => [...select.options].map(o => o.value)") == ["fast", "slow"]
+        expect(mode).to_have_value("slow")  # from the shared URL
+        expect(page.locator('[name="forms.loud"]')).to_be_checked()
+        level = page.locator('[name="forms.level"]')
+        assert (level.get_attribute("min"), level.get_attribute("max")) == ("1", "5")
+        expect(level).to_have_value("4")
+        # The values reached the stream as typed; its failure and the end are marked rows.
+        expect(page.locator('#events li[data-stream="forms"] pre')).to_have_text(
+            '{\n  "mode": "slow",\n  "loud": true,\n  "level": 4\n}'
+        )
+        error = page.locator('#events li[data-stream="hub.error"]')
+        expect(error).to_have_class("control hub-error")
+        expect(error).to_contain_text("out of choices")
+        expect(page.locator("#state")).to_have_attribute("data-state", "ended")
+
+        # Back to the defaults: nothing is sent for a parameter left at its default.
+        mode.select_option("fast")
+        page.uncheck('[name="forms.loud"]')
+        level.fill("3")
+        page.click("#watch")
+        expect(page.locator('#events li[data-stream="forms"]')).to_have_count(2)
+        assert page.url.endswith("/?streams=forms")
+
+
 def test_the_screenshot_in_the_readme_is_a_real_one() -> None:
     """docs/page.png is what the browser test takes (HUB_SCREENSHOT=1 writes it again)."""
-    head = SCREENSHOT.read_bytes()[:24]
-    assert head[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = struct.unpack(">II", head[16:24])
-    assert (width, height) == (1280, 800)
+    assert png_size(SCREENSHOT) == (1280, 800)
     assert SCREENSHOT.stat().st_size > 20_000  # a page with content, not a blank one
