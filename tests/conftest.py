@@ -3,10 +3,13 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import httpx._transports.default
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 from support import Reports
@@ -22,10 +25,37 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_tls_context() -> Iterator[None]:
+    """httpx makes every client a TLS context of its own, loading certifi's bundle (25 ms),
+    even one that speaks plain HTTP to a hub on loopback: the suite makes some 700. Make the
+    default one once, and give it to every client that asks for the default."""
+    default = httpx.create_ssl_context()
+    create = httpx.create_ssl_context  # what the transports call, by that name
+
+    def shared(
+        verify: ssl.SSLContext | str | bool = True, cert: object = None, trust_env: bool = True
+    ) -> ssl.SSLContext:
+        if verify is True and cert is None and trust_env:
+            return default
+        return create(verify=verify, cert=cert, trust_env=trust_env)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(httpx._transports.default, "create_ssl_context", shared)
+        yield
+
+
 @pytest.fixture(scope="session")
 def hub_server() -> Iterator[HubServer]:
     """One real hub for the suite: the built-in streams plus the test plugins."""
     with HubServer(str(PLUGINS), args=["--ping-interval", "0.5", "--retry", "1500"]) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def cors_hub() -> Iterator[HubServer]:
+    """A hub that lets pages from https://app.example subscribe and publish (CORS)."""
+    with HubServer(args=["--cors-origin", "https://app.example"]) as server:
         yield server
 
 

@@ -460,27 +460,26 @@ def test_duplicate_names_in_the_selection_collapse(hub_server: HubServer) -> Non
     assert [(e.event, e.id) for e in events] == [("echo", "echo:0"), ("echo", "echo:1")]
 
 
-def test_cors_lets_named_origins_subscribe_and_no_others() -> None:
-    with HubServer(args=["--cors-origin", "https://app.example"]) as server:
-        allowed = get(
-            server, "/events?streams=echo&count=1", headers={"Origin": "https://app.example"}
-        )
-        assert allowed.headers["access-control-allow-origin"] == "https://app.example"
-        other = get(
-            server, "/events?streams=echo&count=1", headers={"Origin": "https://evil.example"}
-        )
-        assert "access-control-allow-origin" not in other.headers
-        preflight = httpx.options(
-            server.url + "/events",
-            headers={
-                "Origin": "https://app.example",
-                "Access-Control-Request-Method": "GET",
-                "Access-Control-Request-Headers": "last-event-id",
-            },
-            timeout=TIMEOUT,
-        )
-        assert preflight.status_code == 200
-        assert "last-event-id" in preflight.headers["access-control-allow-headers"].lower()
+def test_cors_lets_named_origins_subscribe_and_no_others(cors_hub: HubServer) -> None:
+    allowed = get(
+        cors_hub, "/events?streams=echo&count=1", headers={"Origin": "https://app.example"}
+    )
+    assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+    other = get(
+        cors_hub, "/events?streams=echo&count=1", headers={"Origin": "https://evil.example"}
+    )
+    assert "access-control-allow-origin" not in other.headers
+    preflight = httpx.options(
+        cors_hub.url + "/events",
+        headers={
+            "Origin": "https://app.example",
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "last-event-id",
+        },
+        timeout=TIMEOUT,
+    )
+    assert preflight.status_code == 200
+    assert "last-event-id" in preflight.headers["access-control-allow-headers"].lower()
 
 
 def test_head_gives_the_headers_and_ends(hub_server: HubServer) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import jwt
 import pytest
 from playwright.sync_api import Browser
+from support import together
 
 from hub.testing import HubServer
 
@@ -95,7 +96,9 @@ def test_a_cross_origin_event_source_with_cookie_credentials(
         KEY,
         "HS256",
     )
-    with HubServer(PLUGIN, args=args, env={"HUB_AUTH_KEY": KEY}) as hub:
+    hub = HubServer(PLUGIN, args=args, env={"HUB_AUTH_KEY": KEY})
+    anyone = HubServer(PLUGIN, args=[*args[:2], "--cors-origin", "*"], env={"HUB_AUTH_KEY": KEY})
+    with together(hub, anyone):
         url = f"{page_origin}/?hub={hub.url}"
         outcome = _outcome(browser, url + "&credentials=1", hub, token)
         assert outcome["ok"], outcome
@@ -106,10 +109,7 @@ def test_a_cross_origin_event_source_with_cookie_credentials(
         # an EventSource gives up (readyState CLOSED) on a 401.
         refused = _outcome(browser, url + "&credentials=0", hub, token)
         assert refused == {"ok": False, "readyState": 2, "received": []}
-    # The hub never allows credentials to any origin ("*"): a page from another origin gets
-    # nothing, even with the cookie.
-    with HubServer(
-        PLUGIN, args=[*args[:2], "--cors-origin", "*"], env={"HUB_AUTH_KEY": KEY}
-    ) as hub:
-        outcome = _outcome(browser, f"{page_origin}/?hub={hub.url}&credentials=1", hub, token)
+        # The hub never allows credentials to any origin ("*"): a page from another origin gets
+        # nothing, even with the cookie.
+        outcome = _outcome(browser, f"{page_origin}/?hub={anyone.url}&credentials=1", anyone, token)
         assert outcome == {"ok": False, "readyState": 2, "received": []}

@@ -20,7 +20,7 @@ import jwt
 import pytest
 import redis
 from httpx_sse import aconnect_sse, connect_sse
-from support import TIMEOUT, Reports, data_of, get, positions, read_events
+from support import TIMEOUT, Reports, data_of, get, positions, read_events, together
 
 from hub import Hub, Registry
 from hub import publish as hub_publish
@@ -400,6 +400,19 @@ def redis_url(redis_server: str) -> str:
     return f"{redis_server}?prefix=keyed-{uuid.uuid4().hex[:8]}:"
 
 
+@pytest.fixture(scope="module")
+def shared_url(redis_server: str) -> str:
+    return f"{redis_server}?prefix=keyed-{uuid.uuid4().hex[:8]}:"
+
+
+@pytest.fixture(scope="module")
+def redis_hub(shared_url: str) -> Iterator[HubServer]:
+    """One hub on Redis with the flags of the two tests that share it, each on keys of its own."""
+    args = ["--broker", shared_url, "--max-streams", "100", "--idle-ttl", "600"]
+    with HubServer(PLUGIN, args=[*args, "--no-entry-points"]) as hub:
+        yield hub
+
+
 def _readers(redis_url: str) -> int:
     prefix = redis_url.split("prefix=")[1]
     client = redis.Redis.from_url(redis_url.split("?")[0])
@@ -410,70 +423,71 @@ def _readers(redis_url: str) -> int:
 
 
 @pytest.mark.anyio
-async def test_redis_reads_a_thousand_keys_over_four_connections(redis_url: str) -> None:
-    args = ["--broker", redis_url, "--max-streams", "100", "--no-entry-points"]
-    with HubServer(PLUGIN, args=args) as server:
-        keys = [f"board/r{i}" for i in range(1000)]
-        groups = [keys[i : i + 100] for i in range(0, 1000, 100)]
-        heads, done = asyncio.Semaphore(0), asyncio.Semaphore(0)
-        release = asyncio.Event()
+async def test_redis_reads_a_thousand_keys_over_four_connections(
+    redis_hub: HubServer, shared_url: str
+) -> None:
+    server, run = redis_hub, unique("r")
+    keys = [f"board/{run}-{i}" for i in range(1000)]
+    groups = [keys[i : i + 100] for i in range(0, 1000, 100)]
+    heads, done = asyncio.Semaphore(0), asyncio.Semaphore(0)
+    release = asyncio.Event()
 
-        async def listen(group: list[str]) -> set[str]:
-            got: set[str] = set()
-            async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as client:
-                async with aconnect_sse(
-                    client, "GET", "/events", params={"streams": ",".join(group)}
-                ) as source:
-                    assert source.response.status_code == 200
-                    events = source.aiter_sse()
-                    async for sse in events:  # the opening id: where every topic starts
-                        if sse.id:
+    async def listen(group: list[str]) -> set[str]:
+        got: set[str] = set()
+        async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as client:
+            async with aconnect_sse(
+                client, "GET", "/events", params={"streams": ",".join(group)}
+            ) as source:
+                assert source.response.status_code == 200
+                events = source.aiter_sse()
+                async for sse in events:  # the opening id: where every topic starts
+                    if sse.id:
+                        break
+                heads.release()
+                async for sse in events:
+                    assert not sse.event.startswith("hub."), sse.data
+                    if sse.event in group:
+                        got.add(sse.event)
+                        if len(got) == len(group):
                             break
-                    heads.release()
-                    async for sse in events:
-                        assert not sse.event.startswith("hub."), sse.data
-                        if sse.event in group:
-                            got.add(sse.event)
-                            if len(got) == len(group):
-                                break
-                    done.release()
-                    await release.wait()  # stays subscribed while the test looks
-            return got
+                done.release()
+                await release.wait()  # stays subscribed while the test looks
+        return got
 
-        listening = [asyncio.create_task(listen(group)) for group in groups]
-        for _ in groups:
-            await asyncio.wait_for(heads.acquire(), 30)
+    listening = [asyncio.create_task(listen(group)) for group in groups]
+    for _ in groups:
+        await asyncio.wait_for(heads.acquire(), 30)
 
-        def publish_all() -> None:
-            with httpx.Client(base_url=server.url, timeout=TIMEOUT) as client:
-                for key in keys:
-                    assert client.post(f"/streams/{key}/events", json={"n": 1}).status_code == 201
+    async def publish_all(some: list[str]) -> None:
+        async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as client:
+            for key in some:
+                answer = await client.post(f"/streams/{key}/events", json={"n": 1})
+                assert answer.status_code == 201
 
-        await asyncio.to_thread(publish_all)
-        for _ in groups:
-            await asyncio.wait_for(done.acquire(), 60)
-        assert 1 <= await asyncio.to_thread(_readers, redis_url) <= 4
-        assert get(server, "/health").json()["topics"] == 1000
-        release.set()
-        received = await asyncio.wait_for(asyncio.gather(*listening), 60)
-        assert [len(got) for got in received] == [100] * 10  # every key's event arrived
+    await asyncio.gather(*(publish_all(keys[i::4]) for i in range(4)))  # four at a time
+    for _ in groups:
+        await asyncio.wait_for(done.acquire(), 60)
+    assert 1 <= await asyncio.to_thread(_readers, shared_url) <= 4
+    assert get(server, "/health").json()["topics"] == 1000
+    release.set()
+    received = await asyncio.wait_for(asyncio.gather(*listening), 60)
+    assert [len(got) for got in received] == [100] * 10  # every key's event arrived
 
 
-def test_redis_an_idle_keys_stream_expires(redis_url: str) -> None:
-    args = ["--broker", redis_url, "--idle-ttl", "600", "--no-entry-points"]
-    prefix = redis_url.split("prefix=")[1]
-    client = redis.Redis.from_url(redis_url.split("?")[0])
+def test_redis_an_idle_keys_stream_expires(redis_hub: HubServer, shared_url: str) -> None:
+    server, key = redis_hub, unique()  # --idle-ttl 600
+    prefix = shared_url.split("prefix=")[1]
+    client = redis.Redis.from_url(shared_url.split("?")[0])
     try:
-        with HubServer(PLUGIN, args=args) as server:
-            assert publish(server, "board/lobby", {"n": 1}).status_code == 201
-            ttl = client.pttl(f"{prefix}topic:board/lobby")
-            assert 590_000 < ttl <= 600_000
-            # A family's max_age is its keys' idle time.
-            assert publish(server, "flash/now", {"n": 1}).status_code == 201
-            assert 0 < client.pttl(f"{prefix}topic:flash/now") <= 30_000
-            # A topic that is not keyed lives on as before: it does not expire.
-            assert publish(server, "plain", {"n": 1}).status_code == 201
-            assert client.pttl(f"{prefix}topic:plain") == -1
+        assert publish(server, f"board/{key}", {"n": 1}).status_code == 201
+        ttl = client.pttl(f"{prefix}topic:board/{key}")
+        assert 590_000 < ttl <= 600_000
+        # A family's max_age is its keys' idle time.
+        assert publish(server, f"flash/{key}", {"n": 1}).status_code == 201
+        assert 0 < client.pttl(f"{prefix}topic:flash/{key}") <= 30_000
+        # A topic that is not keyed lives on as before: it does not expire.
+        assert publish(server, "plain", {"n": 1}).status_code == 201
+        assert client.pttl(f"{prefix}topic:plain") == -1
     finally:
         client.close()
 
@@ -482,7 +496,7 @@ def test_redis_a_keyed_producer_runs_once_per_key_in_the_cluster_and_moves_when_
     redis_url: str,
 ) -> None:
     args = ["--broker", redis_url + "&lease_ttl=1", "--no-entry-points"]
-    with HubServer(PLUGIN, args=args) as one, HubServer(PLUGIN, args=args) as two:
+    with together(HubServer(PLUGIN, args=args), HubServer(PLUGIN, args=args)) as (one, two):
         servers = {one.pid: one, two.pid: two}
         with (
             httpx.Client(base_url=one.url, timeout=TIMEOUT) as c1,

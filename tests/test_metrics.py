@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import TIMEOUT, get
+from support import TIMEOUT, get, together
 from websockets.sync.client import connect
 
 from hub.testing import HubServer
@@ -125,17 +125,17 @@ def test_the_figures_of_a_known_workload() -> None:
 
 
 def test_a_token_guards_it_and_it_can_be_turned_off() -> None:
-    with HubServer(args=["--metrics-token", "s3cret"]) as server:
-        refused = httpx.get(f"{server.url}/metrics", timeout=TIMEOUT)
+    guarded, off = HubServer(args=["--metrics-token", "s3cret"]), HubServer(args=["--no-metrics"])
+    with together(guarded, off):
+        refused = httpx.get(f"{guarded.url}/metrics", timeout=TIMEOUT)
         assert refused.status_code == 401
         assert refused.json()["error"]["code"] == "unauthorized"
-        wrong = httpx.get(f"{server.url}/metrics", headers={"Authorization": "Bearer x"})
+        wrong = httpx.get(f"{guarded.url}/metrics", headers={"Authorization": "Bearer x"})
         assert wrong.status_code == 401
         assert "hub_subscriptions" in {
-            k[0] for k in scrape(server, {"Authorization": "Bearer s3cret"})
+            k[0] for k in scrape(guarded, {"Authorization": "Bearer s3cret"})
         }
-    with HubServer(args=["--no-metrics"]) as server:
-        assert get(server, "/metrics").status_code == 404
+        assert get(off, "/metrics").status_code == 404
 
 
 def test_every_workers_figures_are_counted(redis_server: str) -> None:

@@ -134,25 +134,24 @@ def test_a_bad_body_is_a_clear_4xx(
         assert error["errors"] and all(e["where"] for e in error["errors"])
 
 
-def test_a_browser_preflight_for_post(tmp_path: Any) -> None:
+def test_a_browser_preflight_for_post(cors_hub: HubServer) -> None:
     origin = "https://app.example"
-    with HubServer(args=["--cors-origin", origin]) as server:
-        preflight = httpx.options(
-            f"{server.url}/events",
-            headers={
-                "Origin": origin,
-                "Access-Control-Request-Method": "POST",
-                "Access-Control-Request-Headers": "content-type",
-            },
-            timeout=TIMEOUT,
-        )
-        assert preflight.status_code == 200
-        assert "POST" in preflight.headers["access-control-allow-methods"]
-        answer = httpx.post(
-            f"{server.url}/events",
-            json={"streams": ["echo"], "params": {"count": 1, "interval": 0}},
-            headers={"Origin": origin},
-            timeout=TIMEOUT,
-        )
-        assert answer.status_code == 200
-        assert answer.headers["access-control-allow-origin"] == origin
+    preflight = httpx.options(
+        f"{cors_hub.url}/events",
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+        timeout=TIMEOUT,
+    )
+    assert preflight.status_code == 200
+    assert "POST" in preflight.headers["access-control-allow-methods"]
+    answer = httpx.post(
+        f"{cors_hub.url}/events",
+        json={"streams": ["echo"], "params": {"count": 1, "interval": 0}},
+        headers={"Origin": origin},
+        timeout=TIMEOUT,
+    )
+    assert answer.status_code == 200
+    assert answer.headers["access-control-allow-origin"] == origin

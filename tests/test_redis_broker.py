@@ -15,13 +15,13 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
 import pytest
 from conftest import PLUGINS
 from httpx_sse import connect_sse
-from support import TIMEOUT, data_of, get, read_events
+from support import TIMEOUT, data_of, get, read_events, room, together
 
 from hub import Event, Hub, Registry, stream
 from hub.brokers import Gap, TopicConfig, broker_from_url
@@ -33,6 +33,20 @@ from hub.testing import HubServer
 def redis_url(redis_server: str) -> str:
     """The server's URL with a key prefix of this test's own."""
     return f"{redis_server}?prefix=test-{uuid.uuid4().hex[:8]}:"
+
+
+@pytest.fixture(scope="module")
+def shared_url(redis_server: str) -> str:
+    """The URL of `redis_hub`'s broker: a key prefix of this module's own."""
+    return f"{redis_server}?prefix=test-{uuid.uuid4().hex[:8]}:"
+
+
+@pytest.fixture(scope="module")
+def redis_hub(shared_url: str) -> Iterator[HubServer]:
+    """One hub on Redis for the tests that need no flag of their own; each uses a chat room
+    of its own (`support.room()`): a fresh topic, as on a hub of its own."""
+    with HubServer(args=["--broker", shared_url]) as hub:
+        yield hub
 
 
 async def started(url: str, history: int = 1000, max_age: float | None = None) -> RedisBroker:
@@ -224,22 +238,22 @@ async def test_ill_formed_positions_are_refused(redis_url: str, bad: str) -> Non
         await broker.close()
 
 
-def test_a_memory_hubs_cursor_on_a_redis_hub_is_a_gap_not_a_refusal(redis_url: str) -> None:
+def test_a_memory_hubs_cursor_on_a_redis_hub_is_a_gap_not_a_refusal(redis_hub: HubServer) -> None:
     # A deployment moved from memory to Redis: the browsers' cursors are the memory broker's.
-    with HubServer(args=["--broker", redis_url]) as hub:
-        posted = httpx.post(
-            hub.url + "/streams/chat/events",
-            json=[{"user": "ana", "text": "one"}, {"user": "ana", "text": "two"}],
-            timeout=TIMEOUT,
-        )
-        assert posted.status_code == 201, posted.text
-        events = read_events(
-            hub, {"streams": "chat", "count": 2}, headers={"Last-Event-ID": "chat:2r76ji.1"}
-        )
-    assert [e.event for e in events] == ["hub.gap", "chat", "chat"]
+    name = room()
+    posted = httpx.post(
+        f"{redis_hub.url}/streams/{name}/events",
+        json=[{"user": "ana", "text": "one"}, {"user": "ana", "text": "two"}],
+        timeout=TIMEOUT,
+    )
+    assert posted.status_code == 201, posted.text
+    events = read_events(
+        redis_hub, {"streams": name, "count": 2}, headers={"Last-Event-ID": f"{name}:2r76ji.1"}
+    )
+    assert [e.event for e in events] == ["hub.gap", name, name]
     gap = json.loads(events[0].data)
     assert gap == {
-        "stream": "chat",
+        "stream": name,
         "requested": "2r76ji.1",
         "resumed_from": posted.json()["positions"][0],
     }
@@ -247,21 +261,25 @@ def test_a_memory_hubs_cursor_on_a_redis_hub_is_a_gap_not_a_refusal(redis_url: s
     assert [e.id for e in events[1:]] == posted.json()["ids"]
 
 
-def test_a_redis_hubs_cursor_on_a_memory_hub_is_a_gap_not_a_refusal() -> None:
+def test_a_redis_hubs_cursor_on_a_memory_hub_is_a_gap_not_a_refusal(
+    hub_server: HubServer,
+) -> None:
     # And back: a deployment moved from Redis to the memory broker.
-    with HubServer() as hub:
-        posted = httpx.post(
-            hub.url + "/streams/chat/events", json={"user": "ana", "text": "one"}, timeout=TIMEOUT
-        )
-        assert posted.status_code == 201, posted.text
-        events = read_events(
-            hub,
-            {"streams": "chat", "count": 1},
-            headers={"Last-Event-ID": "chat:1795272069791-0"},
-        )
-    assert [e.event for e in events] == ["hub.gap", "chat"]
+    name = room()
+    posted = httpx.post(
+        f"{hub_server.url}/streams/{name}/events",
+        json={"user": "ana", "text": "one"},
+        timeout=TIMEOUT,
+    )
+    assert posted.status_code == 201, posted.text
+    events = read_events(
+        hub_server,
+        {"streams": name, "count": 1},
+        headers={"Last-Event-ID": f"{name}:1795272069791-0"},
+    )
+    assert [e.event for e in events] == ["hub.gap", name]
     gap = json.loads(events[0].data)
-    assert (gap["stream"], gap["requested"]) == ("chat", "1795272069791-0")
+    assert (gap["stream"], gap["requested"]) == (name, "1795272069791-0")
     assert gap["resumed_from"] == posted.json()["positions"][0]
     assert json.loads(events[1].data)["text"] == "one"
 
@@ -304,25 +322,29 @@ async def test_one_feed_per_topic_per_process_stopping_after_the_last(redis_url:
         await broker.close()
 
 
-def test_two_hub_processes_share_a_topic_and_resume_across_them(redis_url: str) -> None:
-    args = ["--broker", redis_url]
-    with HubServer(args=args) as one, HubServer(args=args) as two:
+def test_two_hub_processes_share_a_topic_and_resume_across_them(
+    redis_hub: HubServer, shared_url: str
+) -> None:
+    one, name = redis_hub, room()
+    with HubServer(args=["--broker", shared_url]) as two:
         posted = httpx.post(
-            one.url + "/streams/chat/events",
+            f"{one.url}/streams/{name}/events",
             json={"user": "ana", "text": "hi"},
             timeout=TIMEOUT,
         ).json()
         seen = read_events(
-            two, {"streams": "chat", "count": 1}, headers={"Last-Event-ID": "chat:0-0"}
+            two, {"streams": name, "count": 1}, headers={"Last-Event-ID": f"{name}:0-0"}
         )
         assert json.loads(seen[0].data)["text"] == "hi"
         assert seen[0].id == posted["ids"][0]  # one id, valid on every process
         for text in ("one", "two"):
             httpx.post(
-                two.url + "/streams/chat/events", json={"user": "bo", "text": text}, timeout=TIMEOUT
+                f"{two.url}/streams/{name}/events",
+                json={"user": "bo", "text": text},
+                timeout=TIMEOUT,
             )
         resumed = read_events(
-            one, {"streams": "chat", "count": 2}, headers={"Last-Event-ID": seen[0].id}
+            one, {"streams": name, "count": 2}, headers={"Last-Event-ID": seen[0].id}
         )
         assert [json.loads(e.data)["text"] for e in resumed] == ["one", "two"]
 
@@ -495,7 +517,7 @@ def test_a_shared_producer_runs_once_across_processes_and_moves_when_its_holder_
     redis_url: str,
 ) -> None:
     args = ["--broker", redis_url + "&lease_ttl=1", "--streams", str(PLUGINS / "beacon.py")]
-    with HubServer(args=args) as one, HubServer(args=args) as two:
+    with together(HubServer(args=args), HubServer(args=args)) as (one, two):
         servers = {one.pid: one, two.pid: two}
         with (
             httpx.Client(base_url=one.url, timeout=TIMEOUT) as c1,
@@ -654,25 +676,29 @@ def test_serve_refuses_an_unreachable_redis_or_waits_for_it_when_asked() -> None
             redis.stop()
 
 
-def test_a_burst_of_subscribers_gets_every_event(redis_url: str) -> None:
+def test_a_burst_of_subscribers_gets_every_event(redis_hub: HubServer) -> None:
     # Hundreds at once: more concurrent Redis commands than redis-py's default pool allows.
-    with HubServer(args=["--broker", redis_url]) as hub:
-        received = asyncio.run(burst(hub.port, subscribers=400, events=3, publish_to=hub.url))
-    assert received == {"chat": 400 * 3, "hub.end": 400}
+    name = room()
+    received = asyncio.run(burst(redis_hub, name, subscribers=400, events=3))
+    assert received == {name: 400 * 3, "hub.end": 400}
 
 
-async def burst(port: int, subscribers: int, events: int, publish_to: str) -> dict[str, int]:
-    """Open `subscribers` raw connections to `chat` at once; once every response head is in,
-    publish `events` messages; count the events of each kind all of them receive."""
+async def burst(hub: HubServer, name: str, subscribers: int, events: int) -> dict[str, int]:
+    """Open `subscribers` raw connections to topic `name` at once; once every response head is
+    in, publish `events` messages; count the events of each kind all of them receive."""
     heads = asyncio.Semaphore(0)
     counts: dict[str, int] = {}
 
     async def subscribe() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"GET /events?streams=chat&count=%d HTTP/1.1\r\nHost: hub\r\n\r\n" % events)
+        reader, writer = await asyncio.open_connection("127.0.0.1", hub.port)
+        writer.write(
+            f"GET /events?streams={name}&count={events} HTTP/1.1\r\nHost: hub\r\n\r\n".encode()
+        )
         await reader.readuntil(b"\r\n\r\n")
         heads.release()
-        body = (await reader.read(-1)).decode()
+        # To the chunked body's last chunk: the connection itself stays open for the
+        # keep-alive timeout (5 s) after the response.
+        body = (await reader.readuntil(b"\r\n0\r\n\r\n")).decode()
         for event in re.findall(r"^event: (\S+)$", body, re.MULTILINE):
             counts[event] = counts.get(event, 0) + 1
         writer.close()
@@ -681,10 +707,10 @@ async def burst(port: int, subscribers: int, events: int, publish_to: str) -> di
         tasks = [asyncio.create_task(subscribe()) for _ in range(subscribers)]
         for _ in range(subscribers):
             await heads.acquire()
-        async with httpx.AsyncClient(base_url=publish_to) as client:
+        async with httpx.AsyncClient(base_url=hub.url) as client:
             for n in range(events):
                 posted = await client.post(
-                    "/streams/chat/events", json={"user": "b", "text": str(n)}
+                    f"/streams/{name}/events", json={"user": "b", "text": str(n)}
                 )
                 assert posted.status_code == 201
         await asyncio.gather(*tasks)
