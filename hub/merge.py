@@ -36,7 +36,7 @@ from aiostream import stream as ops
 
 from .brokers import FRAMES_AT_ONCE, BrokerUnavailable, Interrupted, Overflow
 from .cursor import CursorWriter
-from .events import control_body, encode_event, event_prefix
+from .events import CONTROL_PREFIX, control_body, encode_event, event_prefix
 from .registry import Stream, Topic
 from .subscription import Selected, Subscription
 
@@ -49,7 +49,7 @@ logger = logging.getLogger("hub")
 
 
 # How the last chunk of a subscription that ended for good begins (`hub.end`).
-END = b"event: hub.end\n"
+END = event_prefix(CONTROL_PREFIX + "end")
 
 
 class Drop(Exception):

@@ -641,7 +641,7 @@ class Registry:
     def load(self, plugin: str) -> list[Definition]:
         """Load a plugin named at start: a `.py` file, a folder of them, or a module name."""
         path = Path(plugin)
-        if plugin.endswith(".py") or path.is_dir() or "/" in plugin or "\\" in plugin:
+        if names_a_path(plugin):
             if path.is_dir():
                 files = sorted(f for f in path.glob("*.py") if not f.name.startswith("_"))
                 return [s for file in files for s in self.load(str(file))]
@@ -694,6 +694,11 @@ class Registry:
         for plugin in plugins:
             registry.load(plugin)
         return registry
+
+
+def names_a_path(plugin: str) -> bool:
+    """Whether a plugin named at start is a file or folder, rather than a module name."""
+    return plugin.endswith(".py") or Path(plugin).is_dir() or "/" in plugin or "\\" in plugin
 
 
 def _import(name: str) -> ModuleType:

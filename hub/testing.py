@@ -32,7 +32,7 @@ from typing import Any
 from .auth import Principal
 from .events import CONTROL_PREFIX
 from .merge import Drop
-from .registry import Definition, Registry
+from .registry import Definition, Registry, names_a_path
 from .runtime import Hub
 from .subscription import parse_subscription, query_pairs
 
@@ -377,7 +377,7 @@ def _find_plugin(plugin: str, beside: Path | None) -> str:
         return plugin
     if beside is not None and (beside / path).exists():
         return str(beside / path)
-    if not (plugin.endswith(".py") or "/" in plugin or "\\" in plugin):
+    if not names_a_path(plugin):
         return plugin  # a module name, imported by the hub
     looked = [str(Path.cwd() / path) + " (the working directory)"]
     if beside is not None:
